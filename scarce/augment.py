@@ -1,0 +1,59 @@
+"""Batched, truly random augmentation and input normalisation on uint8 image tensors.
+
+One affine resampling per batch applies, per image, a rotation in ±``rotation`` degrees, a
+horizontal flip with probability 0.5 and an integer shift of up to ``shift`` pixels with black
+fill: the shift is exactly a random crop after ``shift`` pixels of zero padding. Doing it as
+one ``grid_sample`` call keeps per-image Python out of the training loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .models import IMAGENET_MEAN, IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    rotation: float = 10.0  # degrees, uniform in [-rotation, rotation]
+    flip: bool = True  # horizontal flip with probability 0.5
+    shift: int = 4  # pixels; random crop with this much zero padding
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return augment(images, self, generator)
+
+
+def augment(images: torch.Tensor, policy: Augmentation, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Augmented copies of float images (B x C x H x W, values 0..1), each drawn independently."""
+    batch, _, height, width = images.shape
+    uniform = lambda: torch.rand(batch, generator=generator) * 2 - 1  # noqa: E731
+    angle = uniform() * math.radians(policy.rotation)
+    flip = torch.ones(batch)
+    if policy.flip:
+        flip = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0)
+    shift_x = torch.randint(-policy.shift, policy.shift + 1, (batch,), generator=generator).float()
+    shift_y = torch.randint(-policy.shift, policy.shift + 1, (batch,), generator=generator).float()
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # affine_grid maps output to input coordinates in [-1, 1]; a pixel is 2/size of that range.
+    theta = torch.stack([
+        torch.stack([cos * flip, -sin, shift_x * 2 / width], dim=1),
+        torch.stack([sin * flip, cos, shift_y * 2 / height], dim=1),
+    ], dim=1).to(images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 to float 0..1."""
+    return images.float().div_(255)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """ImageNet mean/std normalisation of float 0..1 images."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images - mean) / std

@@ -1,0 +1,89 @@
+"""The ``scarce`` command line: argument parsing and the error boundary, nothing else.
+
+Every user error becomes one sentence on stderr and exit code 2; a diverged training exits 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import EXIT_USER_ERROR, ScarceError
+
+EXIT_DIVERGED = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scarce", description="Train image classifiers from scarce labelled data.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train and evaluate one model")
+    train.add_argument("--config", help="TOML file with any of the settings below")
+    train.add_argument("--data", help="MedMNIST-layout .npz (relative paths are also looked up in the data directory)")
+    train.add_argument("--data-dir", dest="data_dir", help="data directory (default: $SCARCE_DATA_DIR)")
+    train.add_argument("--out", help="output folder (default runs/train)")
+    train.add_argument("--n", type=int, help="training images, class-balanced (default: all)")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--size", type=int, help="image side in pixels (default 64)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", dest="batch_size", type=int)
+    train.add_argument("--backbone", help="timm model name (default efficientnet_lite0)")
+    train.add_argument("--pretrained", help="imagenet (default) or scratch")
+    train.add_argument("--recipe", help="training recipe (see `scarce recipes`)")
+    train.add_argument("--tta", type=int, help="augmented test-time passes besides the clean one (default 4)")
+    train.add_argument("--threads", type=int, help="CPU threads for torch")
+    train.add_argument("--overwrite", action="store_true", default=None, help="replace a finished run in --out")
+    train.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+
+    commands.add_parser("recipes", help="list the training recipes")
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .config import make_config
+    from .run import train
+
+    settings = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
+    config = make_config(args.config, **settings)
+    result = train(config)
+    m = result.metrics
+    low, high = m["test_auc_ci"] or (float("nan"), float("nan"))
+    print(f"recipe {m['recipe']}, n_train {m['n_train']}, seed {m['seed']}, best epoch {m['best_epoch']}"
+          f"/{m['epochs_run']}, {m['train_seconds']:.0f} s training")
+    print(f"test AUC {m['test_auc']:.4f} (95% CI {low:.4f}-{high:.4f}), accuracy {m['test_accuracy']:.4f}"
+          + (f", sensitivity {m['test_sensitivity']:.4f}, specificity {m['test_specificity']:.4f}"
+             if m.get("test_sensitivity") is not None else ""))
+    print(f"wrote {result.out}/metrics.json, model.safetensors, run.json, history.csv")
+    return 0
+
+
+def run_recipes(args: argparse.Namespace) -> int:
+    from .recipes import DEFAULT_RECIPE, RECIPES
+
+    for name, recipe in RECIPES.items():
+        print(f"{name}{' (default)' if name == DEFAULT_RECIPE else ''}: {recipe.description}")
+    return 0
+
+
+HANDLERS = {"train": run_train, "recipes": run_recipes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .train import TrainingDiverged
+
+    try:
+        return HANDLERS[args.command](args)
+    except ScarceError as error:
+        print(f"scarce: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except TrainingDiverged as error:
+        print(f"scarce: error: {error}; lower the learning rate (recipe option lr).", file=sys.stderr)
+        return EXIT_DIVERGED
+    except KeyboardInterrupt:
+        print("scarce: interrupted; finished files are intact, partial ones were not written.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

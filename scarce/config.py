@@ -1,0 +1,82 @@
+"""Settings of a training run: one dataclass with every default, loadable from TOML."""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import ScarceError
+from .recipes import DEFAULT_RECIPE
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""  # a MedMNIST-layout .npz; relative paths are also looked up in data_dir
+    out: str = "runs/train"  # output folder
+    data_dir: str | None = None  # default: $SCARCE_DATA_DIR
+    n: int | None = None  # training images (class-balanced subset); None = the whole train split
+    seed: int = 0  # decides the subset, the head's initialisation, shuffling and augmentation
+    size: int = 64  # images are resized to size x size
+    epochs: int = 10
+    batch_size: int = 16
+    backbone: str = "efficientnet_lite0"  # any timm model name
+    pretrained: str = "imagenet"  # "imagenet" or "scratch"
+    recipe: str = DEFAULT_RECIPE
+    recipe_options: dict = field(default_factory=dict)  # overrides of the recipe's fields
+    tta: int = 4  # augmented test-time passes added to the clean pass (0 = none)
+    threads: int | None = None  # torch CPU threads; None = torch's default
+    overwrite: bool = False  # replace a finished run in `out`
+    progress: bool = True  # progress bar on stderr
+
+    def validate(self) -> "TrainConfig":
+        if not self.data:
+            raise ScarceError("No data given; pass --data PATH or set data in the config file.")
+        positive = {"size": self.size, "epochs": self.epochs, "batch_size": self.batch_size}
+        if self.n is not None:
+            positive["n"] = self.n
+        if self.threads is not None:
+            positive["threads"] = self.threads
+        for name, value in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ScarceError(f"{name} must be a positive whole number, not {value!r}.")
+        if not isinstance(self.tta, int) or self.tta < 0:
+            raise ScarceError(f"tta must be 0 or a positive whole number, not {self.tta!r}.")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_config(path: str | Path) -> dict:
+    """Fields from a TOML file (data only: nothing in it is executed), checked against TrainConfig."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            values = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ScarceError(f"Config file {path} does not exist.") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ScarceError(f"Config file {path} is not valid TOML ({error}); fix the line it names.") from None
+    known = {f.name for f in fields(TrainConfig)}
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ScarceError(f"Config file {path}: unknown field '{key}'.{hint}")
+    if isinstance(values.get("data"), str) and not Path(values["data"]).is_absolute():
+        relative = path.parent / values["data"]
+        if relative.exists():
+            values["data"] = str(relative)
+    return values
+
+
+def make_config(config_file: str | Path | None = None, **overrides) -> TrainConfig:
+    """Defaults, then the config file, then explicit overrides (``None`` means not given)."""
+    values = load_config(config_file) if config_file else {}
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return TrainConfig(**values).validate()
+    except TypeError as error:
+        raise ScarceError(f"Invalid setting: {error}.") from None

@@ -1,0 +1,161 @@
+"""Recipe trained: the training loop that applies a recipe to a model and keeps the best epoch.
+
+The loop works on uint8 image tensors already in memory: each batch is indexed, augmented on
+the fly as one tensor operation, normalised and fed to the model. After every epoch the whole
+validation split is scored; the weights of the epoch with the lowest validation loss are kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .augment import Augmentation, normalize, to_float
+from .data import Split
+from .evaluate import predict_logits, task_loss
+from .models import GROUP_NAMES, group_modules, layer_groups
+from .recipes import Recipe, one_cycle, plateau_step, trainable_groups
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class History:
+    """Per-epoch record of a training run."""
+
+    epochs: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    seconds: float = 0.0
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A shuffled split of ``range(n)`` into batches; a last batch of one joins the one before
+    (BatchNorm cannot train on a single image)."""
+    order = torch.randperm(n, generator=generator)
+    parts = list(order.split(batch_size))
+    if len(parts) > 1 and len(parts[-1]) == 1:
+        parts[-2] = torch.cat([parts[-2], parts.pop()])
+    return parts
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    steps = math.ceil(n / batch_size)
+    return steps - 1 if steps > 1 and n % batch_size == 1 else steps
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> tuple[torch.optim.Optimizer, dict[str, float]]:
+    """One parameter group per layer group, each with its own peak learning rate."""
+    groups = layer_groups(model).as_dict()
+    parameters = dict(model.named_parameters())
+    peaks = recipe.group_learning_rates()
+    param_groups = [{"params": [parameters[name] for name in groups[group]], "lr": peaks[group],
+                     "name": group} for group in GROUP_NAMES]
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[recipe.optimizer]
+    optimizer = kind(param_groups, lr=recipe.lr, betas=(recipe.betas[0], 0.99),
+                     weight_decay=recipe.weight_decay)
+    return optimizer, peaks
+
+
+class GroupFreezer:
+    """Sets ``requires_grad`` (and, if the recipe says so, BatchNorm mode) per layer group."""
+
+    def __init__(self, model: nn.Module, recipe: Recipe):
+        self.model = model
+        self.recipe = recipe
+        names = layer_groups(model).as_dict()
+        parameters = dict(model.named_parameters())
+        self.parameters = {g: [parameters[n] for n in names[g]] for g in GROUP_NAMES}
+        self.norms = {g: [m for m in group_modules(model, names[g]) if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+                      for g in GROUP_NAMES}
+        self.state: dict[str, bool] | None = None
+
+    def apply(self, trainable: dict[str, bool]) -> None:
+        self.state = trainable
+        for group, on in trainable.items():
+            for parameter in self.parameters[group]:
+                parameter.requires_grad_(on)
+
+    def set_train_mode(self) -> None:
+        """model.train(), except BatchNorm layers of frozen groups keep their statistics."""
+        self.model.train()
+        if self.recipe.frozen_batchnorm and self.state:
+            for group, on in self.state.items():
+                if not on:
+                    for norm in self.norms[group]:
+                        norm.eval()
+
+
+def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, epochs: int,
+        batch_size: int = 16, seed: int = 0, augmentation: Augmentation | None = Augmentation(),
+        progress: bool = True, on_step=None) -> tuple[dict[str, torch.Tensor], History]:
+    """Train ``model`` in place; return the best epoch's weights (lowest validation loss) and the history.
+
+    ``on_step(step, model, optimizer)`` is called after every optimizer step (tests use it).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    optimizer, peaks = make_optimizer(model, recipe)
+    freezer = GroupFreezer(model, recipe)
+    total = epochs * steps_per_epoch(len(train), batch_size)
+    labels = torch.as_tensor(train.labels)
+    history, best_loss, best_state = History(), math.inf, None
+    started, step, lr_scale, previous_val = time.perf_counter(), 0, 1.0, None
+    bar = tqdm(total=total, desc="training", unit="step", disable=not progress, leave=False)
+    for epoch in range(epochs):
+        running, seen = 0.0, 0
+        for index in batches(len(train), batch_size, generator):
+            trainable = trainable_groups(step, total, recipe)
+            if trainable != freezer.state:
+                freezer.apply(trainable)
+            freezer.set_train_mode()
+            _set_schedule(optimizer, recipe, peaks, step, total, lr_scale)
+            images = to_float(train.images[index])
+            if augmentation is not None:
+                images = augmentation(images, generator)
+            loss = task_loss(task, model(normalize(images)), labels[index])
+            if not torch.isfinite(loss):
+                bar.close()
+                raise TrainingDiverged(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if on_step is not None:
+                on_step(step, model, optimizer)
+            running, seen, step = running + loss.item() * len(index), seen + len(index), step + 1
+            bar.update()
+        val_logits = predict_logits(model, val.images, batch_size=256)
+        val_loss = task_loss(task, val_logits, torch.as_tensor(val.labels)).item()
+        record = {"epoch": epoch + 1, "train_loss": running / seen, "val_loss": val_loss,
+                  "lr": optimizer.param_groups[-1]["lr"]}
+        history.epochs.append(record)
+        bar.set_postfix(val_loss=f"{val_loss:.4f}")
+        if val_loss < best_loss:
+            best_loss, history.best_epoch = val_loss, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if recipe.schedule == "plateau":
+            lr_scale = plateau_step(lr_scale * recipe.lr, previous_val, val_loss, recipe) / recipe.lr
+            previous_val = val_loss
+            if lr_scale * recipe.lr < recipe.plateau_min_lr:
+                break
+    bar.close()
+    history.seconds = time.perf_counter() - started
+    return best_state, history
+
+
+def _set_schedule(optimizer: torch.optim.Optimizer, recipe: Recipe, peaks: dict[str, float],
+                  step: int, total: int, lr_scale: float) -> None:
+    for param_group in optimizer.param_groups:
+        peak = peaks[param_group["name"]]
+        if recipe.schedule == "one-cycle":
+            lr, beta1 = one_cycle(step, total, peak, recipe)
+            param_group["lr"] = lr
+            param_group["betas"] = (beta1, param_group["betas"][1])
+        else:
+            param_group["lr"] = peak * lr_scale

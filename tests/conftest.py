@@ -1,0 +1,37 @@
+"""Shared fixtures: the real data directory and tiny synthetic datasets for fast unit tests."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scarce.data import ImageDataset, Split
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real shared data: $SCARCE_DATA_DIR, else ../shared/data beside the repository."""
+    path = Path(os.environ.get("SCARCE_DATA_DIR") or REPO.parent / "shared" / "data")
+    if not (path / "pneumonia_kaggle_64.npz").exists():
+        pytest.skip(f"real data not found in {path}; set SCARCE_DATA_DIR")
+    return path
+
+
+def synthetic_split(n: int, size: int = 32, seed: int = 0, classes: int = 2) -> Split:
+    """Images whose brightness depends on the class, so a model can learn them quickly."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = np.arange(n) % classes
+    base = torch.as_tensor(labels, dtype=torch.float32).view(-1, 1, 1, 1) * 120 + 40
+    noise = torch.randint(0, 60, (n, 3, size, size), generator=generator).float()
+    return Split((base + noise).clamp(0, 255).to(torch.uint8), labels.astype(np.int64))
+
+
+@pytest.fixture
+def tiny_dataset() -> ImageDataset:
+    splits = {"train": synthetic_split(32, seed=0), "val": synthetic_split(16, seed=1),
+              "test": synthetic_split(16, seed=2)}
+    return ImageDataset("tiny", "binary", ["a", "b"], splits, "0" * 64)

@@ -1,0 +1,52 @@
+"""Augmentation: per-image randomness, and the shift is exactly a random crop with zero padding."""
+
+import torch
+import torch.nn.functional as F
+
+from scarce.augment import Augmentation, augment, normalize, to_float
+
+
+def _batch(n=8, size=32):
+    generator = torch.Generator().manual_seed(0)
+    return to_float(torch.randint(0, 256, (n, 3, size, size), generator=generator, dtype=torch.uint8))
+
+
+def test_random_crops_differ_between_images_and_between_calls():
+    image = _batch(1).expand(16, -1, -1, -1)  # the same image 16 times
+    crop_only = Augmentation(rotation=0, flip=False, shift=4)
+    out = augment(image, crop_only, torch.Generator().manual_seed(1))
+    distinct = {tuple(out[i].flatten()[:200].tolist()) for i in range(16)}
+    assert len(distinct) > 8  # not the same (e.g. top-left) crop every time
+    again = augment(image, crop_only, torch.Generator().manual_seed(2))
+    assert not torch.equal(out, again)
+
+
+def test_shift_equals_a_crop_of_the_zero_padded_image():
+    images = _batch(32)
+    crop_only = Augmentation(rotation=0, flip=False, shift=4)
+    out = augment(images, crop_only, torch.Generator().manual_seed(3))
+    padded = F.pad(images, (4, 4, 4, 4))
+    offsets = set()
+    for i in range(len(images)):
+        matches = [(dy, dx) for dy in range(9) for dx in range(9)
+                   if torch.allclose(out[i], padded[i, :, dy:dy + 32, dx:dx + 32], atol=1e-5)]
+        assert len(matches) == 1, i
+        offsets.add(matches[0])
+    assert len(offsets) > 10  # offsets spread over the 9 x 9 possibilities, corners included or not
+
+
+def test_flip_and_rotation_are_applied_per_image():
+    images = _batch(1).expand(64, -1, -1, -1)
+    flip_only = Augmentation(rotation=0, flip=True, shift=0)
+    out = augment(images, flip_only, torch.Generator().manual_seed(4))
+    flipped = sum(torch.allclose(o, images[0].flip(-1), atol=1e-5) for o in out)
+    kept = sum(torch.allclose(o, images[0], atol=1e-5) for o in out)
+    assert flipped + kept == 64 and 16 < flipped < 48
+    rotate_only = Augmentation(rotation=10, flip=False, shift=0)
+    rotated = augment(images, rotate_only, torch.Generator().manual_seed(5))
+    assert len({round(float(r.sum()), 3) for r in rotated}) > 50
+
+
+def test_normalize_uses_imagenet_statistics():
+    grey = torch.full((1, 3, 2, 2), 0.485)
+    assert torch.allclose(normalize(grey)[0, 0], torch.zeros(2, 2), atol=1e-6)

@@ -1,0 +1,142 @@
+"""Recipes and the training loop: schedule values, learning-rate ratios, gradual unfreezing."""
+
+import math
+
+import pytest
+import torch
+
+from scarce.errors import ScarceError
+from scarce.models import create_model, layer_groups
+from scarce.recipes import get_recipe, one_cycle, plateau_step, trainable_groups
+from scarce.train import fit, make_optimizer, steps_per_epoch
+
+from conftest import synthetic_split
+
+PAPER = get_recipe("gradual-unfreezing")
+
+
+def test_one_cycle_starts_at_peak_over_25_peaks_at_30_percent_and_ends_near_zero():
+    total, peak = 1000, 1e-3
+    lrs = [one_cycle(step, total, peak, PAPER)[0] for step in range(total)]
+    assert lrs[0] == pytest.approx(peak / 25)
+    assert max(lrs) == pytest.approx(peak)
+    assert lrs.index(max(lrs)) == 300
+    assert lrs[-1] == pytest.approx(peak / 25 / 1e4)
+    # Cosine shape: halfway through the warm-up the lr is halfway between start and peak.
+    assert lrs[150] == pytest.approx((peak / 25 + peak) / 2)
+    assert all(a <= b for a, b in zip(lrs[:300], lrs[1:301]))
+    assert all(a >= b for a, b in zip(lrs[300:], lrs[301:]))
+
+
+def test_beta1_cycles_inversely_to_the_learning_rate():
+    total = 100
+    betas = [one_cycle(step, total, 1e-3, PAPER)[1] for step in range(total)]
+    assert betas[0] == pytest.approx(0.95)
+    assert betas[30] == pytest.approx(0.85)
+    assert betas[-1] == pytest.approx(0.95)
+    assert min(betas) == pytest.approx(0.85)
+
+
+def test_discriminative_learning_rates_are_lr_over_9_lr_over_3_and_lr():
+    model = create_model("efficientnet_lite0", "scratch")
+    optimizer, peaks = make_optimizer(model, PAPER)
+    assert peaks == pytest.approx({"early": 1e-3 / 9, "late": 1e-3 / 3, "head": 1e-3})
+    by_name = {group["name"]: group for group in optimizer.param_groups}
+    groups = layer_groups(model)
+    for name in ("early", "late", "head"):
+        assert len(by_name[name]["params"]) == len(getattr(groups, name))
+    one_rate = make_optimizer(model, get_recipe("scratch"))[1]
+    assert len(set(one_rate.values())) == 1
+
+
+def test_unfreeze_points_are_10_and_20_percent_of_iterations():
+    total = 50
+    late_from = min(s for s in range(total) if trainable_groups(s, total, PAPER)["late"])
+    early_from = min(s for s in range(total) if trainable_groups(s, total, PAPER)["early"])
+    assert (late_from, early_from) == (5, 10)
+    assert trainable_groups(0, total, PAPER) == {"early": False, "late": False, "head": True}
+    never = get_recipe("feature-extractor")
+    assert not any(trainable_groups(s, total, never)["early"] for s in range(total))
+
+
+def _train_and_watch(recipe, epochs=5, n=32):
+    """Run fit on tiny data and record, after every step, one weight and one BN buffer per group."""
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", "scratch")
+    watched = {"early": "blocks.0.0.conv_dw.weight", "late": "blocks.5.0.conv_pw.weight",
+               "head": "classifier.weight"}
+    buffers = {"early": "blocks.0.0.bn1.running_mean", "late": "blocks.5.0.bn1.running_mean"}
+    trace = []
+
+    def on_step(step, model, optimizer):
+        state = model.state_dict()
+        trace.append({
+            "weights": {g: state[n].clone() for g, n in watched.items()},
+            "buffers": {g: state[n].clone() for g, n in buffers.items()},
+            "betas": [g["betas"][0] for g in optimizer.param_groups],
+            "lrs": [g["lr"] for g in optimizer.param_groups],
+        })
+
+    initial = {g: model.state_dict()[n].clone() for g, n in watched.items()}
+    initial_buffers = {g: model.state_dict()[n].clone() for g, n in buffers.items()}
+    fit(model, synthetic_split(n), synthetic_split(16, seed=1), "binary", recipe, epochs, batch_size=16,
+        progress=False, on_step=on_step)
+    return initial, initial_buffers, trace
+
+
+def test_frozen_groups_stay_unchanged_until_their_unfreeze_step_then_change():
+    initial, initial_buffers, trace = _train_and_watch(PAPER)
+    total = len(trace)
+    assert total == 5 * steps_per_epoch(32, 16) == 10
+    # Late body unfreezes at step 1 (10%), early body at step 2 (20%).
+    for group, first in (("late", 1), ("early", 2)):
+        for step in range(first):
+            assert torch.equal(trace[step]["weights"][group], initial[group]), (group, step)
+            assert torch.equal(trace[step]["buffers"][group], initial_buffers[group]), (group, step)
+        assert not torch.equal(trace[first]["weights"][group], initial[group]), group
+        assert not torch.equal(trace[first]["buffers"][group], initial_buffers[group]), group
+    assert not torch.equal(trace[0]["weights"]["head"], initial["head"])
+
+
+def test_beta1_really_cycles_in_the_optimizer_betas_during_training():
+    _, _, trace = _train_and_watch(PAPER)
+    total = len(trace)
+    expected = [one_cycle(step, total, 1e-3, PAPER)[1] for step in range(total)]
+    observed = [entry["betas"][-1] for entry in trace]
+    assert observed == pytest.approx(expected)
+    assert max(observed) > 0.94 and min(observed) < 0.86
+    ratios = [entry["lrs"][2] / entry["lrs"][0] for entry in trace]
+    assert ratios == pytest.approx([9.0] * total)
+
+
+def test_plateau_divides_by_ten_only_when_the_loss_rose_by_more_than_the_threshold():
+    recipe = get_recipe("regular")
+    assert plateau_step(1e-3, None, 0.5, recipe) == 1e-3
+    assert plateau_step(1e-3, 0.5, 0.5005, recipe) == 1e-3
+    assert plateau_step(1e-3, 0.5, 0.502, recipe) == pytest.approx(1e-4)
+
+
+def test_regular_recipe_trains_all_groups_with_one_rate_and_keeps_its_optimizer():
+    recipe = get_recipe("regular")
+    initial, _, trace = _train_and_watch(recipe, epochs=2)
+    assert all(not torch.equal(trace[0]["weights"][g], initial[g]) for g in initial)
+    assert all(len(set(entry["lrs"])) == 1 for entry in trace)
+
+
+def test_best_epoch_is_the_one_with_the_lowest_validation_loss():
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", "scratch")
+    best, history = fit(model, synthetic_split(32), synthetic_split(16, seed=1), "binary", PAPER, 4,
+                        progress=False)
+    losses = [e["val_loss"] for e in history.epochs]
+    assert history.best_epoch == losses.index(min(losses)) + 1
+    assert set(best) == set(model.state_dict())
+
+
+def test_unknown_recipe_suggests_the_closest_name():
+    with pytest.raises(ScarceError, match="Unknown recipe 'gradual-unfreeze'. Did you mean 'gradual-unfreezing'"):
+        get_recipe("gradual-unfreeze")
+    with pytest.raises(ScarceError, match="Unknown recipe setting"):
+        get_recipe("regular", learning_rate=1)
+    assert get_recipe("regular", lr=3e-4).lr == 3e-4
+    assert math.isclose(get_recipe("gradual-unfreezing").group_ratio, 1 / 3)
