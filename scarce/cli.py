@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", default=None, help="replace a finished run in --out")
     train.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 
+    lr_find = commands.add_parser("lr-find", help="sweep the learning rate, plot the loss, suggest a rate")
+    for action in train._actions:
+        if action.dest not in ("help", "tta", "epochs", "overwrite"):
+            lr_find._add_action(action)
+
     commands.add_parser("recipes", help="list the training recipes")
     return parser
 
@@ -57,6 +62,19 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_lr_find(args: argparse.Namespace) -> int:
+    from .config import make_config
+    from .run import find_lr
+
+    settings = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
+    settings["out"] = settings.get("out") or "runs/lr-find"
+    result = find_lr(make_config(args.config, **settings))
+    print(f"suggested learning rate {result['suggested_lr']:.3g} ({result['rule']}); "
+          f"swept {len(result['lrs'])} steps from {result['lrs'][0]:.1e} to {result['lrs'][-1]:.1e}")
+    print(f"wrote {settings['out']}/lr_find.png, lr_find.json; use it with [recipe_options] lr = ...")
+    return 0
+
+
 def run_recipes(args: argparse.Namespace) -> int:
     from .recipes import DEFAULT_RECIPE, RECIPES
 
@@ -65,7 +83,7 @@ def run_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"train": run_train, "recipes": run_recipes}
+HANDLERS = {"train": run_train, "lr-find": run_lr_find, "recipes": run_recipes}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def create_model(backbone: str, pretrained: str = "imagenet", num_outputs: int = 1,
                  drop_rate: float = 0.0) -> nn.Module:
-    """A timm model with a new head of ``num_outputs`` logits and the requested weights."""
+    """A timm model with a new head of ``num_outputs`` logits and the requested weights.
+
+    ``drop_rate`` is dropout on the pooled features, before the classifier.
+    """
     if backbone not in timm.list_models():
         suggestions = timm.list_models(f"*{backbone.split('_')[0]}*")[:5]
         hint = f" Similar names: {', '.join(suggestions)}." if suggestions else ""
@@ -117,3 +120,41 @@ def group_modules(model: nn.Module, names: list[str]) -> list[nn.Module]:
     """The modules owning the parameters ``names`` (to switch their BatchNorm mode)."""
     owners = {name.rsplit(".", 1)[0] for name in names}
     return [module for module_name, module in model.named_modules() if module_name in owners]
+
+
+def resample_weight_distribution(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """The paper's control: replace every body tensor by samples from N(mean, std) of itself.
+
+    Each parameter of the early and late body keeps only its own mean and standard deviation
+    (tensors of one element are kept as they are). BatchNorm running statistics describe the
+    activations of the original weights, so they are reset. The head is new and left alone.
+    """
+    groups = layer_groups(model)
+    body = set(groups.early) | set(groups.late)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name in body and parameter.numel() > 1:
+                mean, std = parameter.mean(), parameter.std()
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std + mean)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+    return model
+
+
+def load_trained(path) -> tuple[nn.Module, dict]:
+    """A model rebuilt from a scarce checkpoint (safetensors plus the info saved with it)."""
+    from .artifacts import load_weights
+
+    state, info = load_weights(path)
+    if "backbone" not in info or "num_outputs" not in info:
+        raise ScarceError(f"Checkpoint {path} lacks scarce's metadata (backbone, num_outputs); "
+                          f"give a model.safetensors written by scarce.")
+    model = create_model(info["backbone"], "scratch", info["num_outputs"], info.get("drop_rate", 0.0))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise ScarceError(f"Checkpoint {path} does not fit backbone {info['backbone']}; "
+                          f"it was written for another model.") from None
+    model.eval()
+    return model, info

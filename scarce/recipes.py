@@ -36,6 +36,16 @@ class Recipe:
     plateau_min_lr: float = 1e-6  # plateau: stop once lr falls below this
     frozen_batchnorm: bool = True  # frozen groups also keep their BatchNorm statistics
     pretrained: str | None = None  # force a source ("scratch"); None = the run's --pretrained
+    # "pretrained" keeps the weights; "weight-distribution" re-samples every body tensor from
+    # N(mean, std) of the pretrained tensor (the paper's control: is transfer only a good init?).
+    initialization: str = "pretrained"
+    # An optional first phase that trains only the head for this many epochs with its own
+    # one-cycle (fastai's fine_tune); the recipe's schedule then runs over the remaining epochs.
+    head_only_epochs: int = 0
+    head_only_lr: float = 2e-3
+    head_only_pct_start: float = 0.99
+    mixup_alpha: float = 0.0  # MixUp with λ ~ Beta(α, α) per batch; 0 = off
+    head_dropout: float = 0.0  # dropout before the classifier
 
     def group_learning_rates(self) -> dict[str, float]:
         """Peak learning rate per layer group: lr·ratio², lr·ratio, lr."""
@@ -45,16 +55,17 @@ class Recipe:
         return asdict(self)
 
 
-def one_cycle(step: int, total: int, peak: float, recipe: Recipe) -> tuple[float, float]:
+def one_cycle(step: int, total: int, peak: float, pct_start: float = 0.3, div_factor: float = 25.0,
+              final_div_factor: float = 1e4, betas: tuple[float, float] = (0.95, 0.85)) -> tuple[float, float]:
     """Learning rate and Adam β1 at ``step`` of ``total`` under the one-cycle policy.
 
     Cosine warm-up from peak/div_factor to peak over the first ``pct_start`` of the steps, then
     cosine decay to peak/div_factor/final_div_factor; β1 moves the opposite way (high, low, high).
     """
-    start = peak / recipe.div_factor
-    end = start / recipe.final_div_factor
-    high, low = recipe.betas
-    warm = max(1, round(recipe.pct_start * total))
+    start = peak / div_factor
+    end = start / final_div_factor
+    high, low = betas
+    warm = max(1, round(pct_start * total))
     if step < warm:
         t = step / warm
         return _cosine(start, peak, t), _cosine(high, low, t)
@@ -71,6 +82,26 @@ def trainable_groups(step: int, total: int, recipe: Recipe) -> dict[str, bool]:
     return {group: at is not None and step >= at * total for group, at in zip(GROUP_NAMES, recipe.unfreeze_at)}
 
 
+def step_plan(step: int, total: int, head_only_steps: int, recipe: Recipe
+              ) -> tuple[dict[str, bool], dict[str, float], float]:
+    """Trainable groups, learning rate per group and β1 at ``step`` of a one-cycle recipe.
+
+    The optional head-only phase comes first, with its own one-cycle; the recipe's main cycle,
+    with discriminative rates and unfreezing, runs over the steps after it.
+    """
+    if step < head_only_steps:
+        # fastai's fit_one_cycle defaults for this phase: div 25, final lr = peak / 1e5.
+        lr, beta1 = one_cycle(step, head_only_steps, recipe.head_only_lr, recipe.head_only_pct_start,
+                              25.0, 1e5 / 25.0, recipe.betas)
+        return {"early": False, "late": False, "head": True}, dict.fromkeys(GROUP_NAMES, lr), beta1
+    step, total = step - head_only_steps, total - head_only_steps
+    rates, beta1 = {}, recipe.betas[0]
+    for group, peak in recipe.group_learning_rates().items():
+        rates[group], beta1 = one_cycle(step, total, peak, recipe.pct_start, recipe.div_factor,
+                                        recipe.final_div_factor, recipe.betas)
+    return trainable_groups(step, total, recipe), rates, beta1
+
+
 def plateau_step(lr: float, previous_loss: float | None, loss: float, recipe: Recipe) -> float:
     """The next epoch's learning rate under the 'regular' policy: ÷10 when the val loss rose."""
     if previous_loss is not None and loss > previous_loss + recipe.plateau_threshold:
@@ -84,20 +115,35 @@ _PAPER = Recipe(
                 "only at first, late body from 10% and early body from 20% of the iterations.",
 )
 
+_ALL_TRAINABLE = (0.0, 0.0, 0.0)
+
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in [
     _PAPER,
     Recipe(name="regular", description="The paper's baseline: everything trainable, Adam lr 1e-3, "
            "divided by 10 when the validation loss rose by more than 1e-3, stop under 1e-6.",
-           schedule="plateau", group_ratio=1.0, unfreeze_at=(0.0, 0.0, 0.0), betas=(0.9, 0.9)),
-    Recipe(name="one-cycle", description="The one-cycle policy alone: all layers trainable, one learning rate.",
-           group_ratio=1.0, unfreeze_at=(0.0, 0.0, 0.0)),
-    Recipe(name="fine-tune-all", description="Pretrained, everything trainable from the start, one "
-           "learning rate, one-cycle.", group_ratio=1.0, unfreeze_at=(0.0, 0.0, 0.0)),
-    Recipe(name="feature-extractor", description="Body frozen (a fixed feature extractor), only the "
-           "head trains, one-cycle.", unfreeze_at=(None, None, 0.0)),
+           schedule="plateau", group_ratio=1.0, unfreeze_at=_ALL_TRAINABLE, betas=(0.9, 0.9)),
+    Recipe(name="one-cycle", description="The one-cycle policy alone: all layers trainable from the "
+           "start, one learning rate (the paper's E3 arm).", group_ratio=1.0, unfreeze_at=_ALL_TRAINABLE),
+    Recipe(name="fine-tune-all", description="Transfer by fine-tuning everything: pretrained, all layers "
+           "trainable, one learning rate, one-cycle (an E4 arm).", group_ratio=1.0, unfreeze_at=_ALL_TRAINABLE),
+    Recipe(name="feature-extractor", description="Transfer as a fixed feature extractor: the body stays "
+           "frozen, only the head trains, one-cycle (an E4 arm).", unfreeze_at=(None, None, 0.0)),
+    Recipe(name="fastai-fine-tune", description="fastai's fine_tune(9, base_lr=2e-3, freeze_epochs=1) "
+           "with its defaults: one epoch head only (one-cycle, lr 2e-3, pct_start 0.99), then everything "
+           "with one-cycle from lr/100 (early) to lr = 1e-3 (head), pct_start 0.3, div 5; AdamW wd 0.01.",
+           lr=1e-3, group_ratio=0.1, unfreeze_at=_ALL_TRAINABLE, optimizer="adamw", weight_decay=0.01,
+           div_factor=5.0, final_div_factor=2e4, head_only_epochs=1, head_only_lr=2e-3,
+           frozen_batchnorm=False),
+    Recipe(name="weight-distribution", description="The paper's control: every pretrained tensor is "
+           "replaced by samples from N(mean, std) of that tensor, then trained like gradual-unfreezing; "
+           "if it matches transfer, transfer was only a good initialisation (E6).",
+           initialization="weight-distribution"),
     Recipe(name="scratch", description="No transfer: random initialisation, all layers trainable with "
            "one learning rate (no discriminative ratios for random layers), one-cycle.",
-           group_ratio=1.0, unfreeze_at=(0.0, 0.0, 0.0), pretrained="scratch"),
+           group_ratio=1.0, unfreeze_at=_ALL_TRAINABLE, pretrained="scratch"),
+    Recipe(name="scratch-regular", description="No transfer with the 'regular' plateau policy: the paper's "
+           "E3 baseline arm.", schedule="plateau", group_ratio=1.0, unfreeze_at=_ALL_TRAINABLE,
+           betas=(0.9, 0.9), pretrained="scratch"),
 ]}
 DEFAULT_RECIPE = "gradual-unfreezing"
 

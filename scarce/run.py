@@ -12,11 +12,13 @@ import torch
 from torch import nn
 
 from . import artifacts
+from .errors import ScarceError
 from .config import TrainConfig, make_config
-from .data import ImageDataset, balanced_subset, load_dataset, resize
+from .data import ImageDataset, balanced_subset, file_fingerprint, load_dataset, resize
 from .evaluate import predict, task_metrics
-from .models import create_model, layer_groups
-from .recipes import get_recipe
+from .models import create_model, layer_groups, load_trained, resample_weight_distribution
+from .recipes import Recipe, get_recipe
+from .lr_find import lr_sweep, plot_sweep, suggest_lr
 from .train import History, fit
 
 
@@ -36,20 +38,20 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
     config = (config or make_config(**settings)).validate()
     recipe = get_recipe(config.recipe, **config.recipe_options)
     out = artifacts.prepare_output(Path(config.out), config.overwrite)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    dataset = resize(load_dataset(config.data, config.data_dir), config.size)
-    subset = training_subset(dataset, config.n, config.seed)
-    train_split = dataset.splits["train"].take(subset)
-
-    torch.manual_seed(config.seed)  # the new head's initialisation
+    dataset, subset, train_split = prepare_data(config)
     pretrained = recipe.pretrained or config.pretrained
-    model = create_model(config.backbone, pretrained, dataset.num_outputs)
+    model = build_model(config.backbone, pretrained, dataset.num_outputs, recipe, config.seed)
     best_state, history = fit(model, train_split, dataset.splits["val"], dataset.task, recipe,
                               config.epochs, config.batch_size, config.seed, progress=config.progress)
-    model.load_state_dict(best_state)
+    info = {"backbone": config.backbone, "num_outputs": dataset.num_outputs, "task": dataset.task,
+            "classes": dataset.classes, "size": config.size, "recipe": recipe.name,
+            "drop_rate": recipe.head_dropout}
+    checkpoint = out / "model.safetensors"
+    artifacts.save_weights(checkpoint, best_state, info)
 
+    # Evaluate exactly the file just written: the recipe's own artefact, identified by its hash.
     started = time.perf_counter()
+    model, _ = load_trained(checkpoint)
     test = dataset.splits["test"]
     probs = predict(model, test.images, dataset.task, tta=config.tta, seed=config.seed)
     test_metrics = task_metrics(dataset.task, test.labels, probs, seed=config.seed)
@@ -71,9 +73,8 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
         "tta_passes": {"clean": 1, "augmented": config.tta},
         "train_seconds": round(history.seconds, 2),
         "test_seconds": round(time.perf_counter() - started, 2),
+        "evaluated_checkpoint_sha256": file_fingerprint(checkpoint),
     }
-    info = {"backbone": config.backbone, "num_outputs": dataset.num_outputs, "task": dataset.task,
-            "classes": dataset.classes, "size": config.size, "recipe": recipe.name}
     provenance = {
         "config": config.to_dict(),
         "recipe": recipe.to_dict(),
@@ -83,11 +84,47 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
         "layer_groups": {name: len(names) for name, names in layer_groups(model).as_dict().items()},
         "versions": artifacts.versions(),
     }
-    artifacts.save_weights(out / "model.safetensors", model.state_dict(), info)
     artifacts.write_json(out / "run.json", provenance)
     artifacts.write_text(out / "history.csv", _history_csv(history))
     artifacts.write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return RunResult(metrics, model, history, out)
+
+
+def prepare_data(config: TrainConfig):
+    """The resized dataset, the training-subset indices and the training split they select."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    dataset = resize(load_dataset(config.data, config.data_dir), config.size)
+    subset = training_subset(dataset, config.n, config.seed)
+    return dataset, subset, dataset.splits["train"].take(subset)
+
+
+def find_lr(config: TrainConfig | None = None, /, **settings) -> dict:
+    """Run the learning-rate finder for a run's settings; write ``lr_find.png`` and ``lr_find.json``."""
+    config = (config or make_config(**settings)).validate()
+    recipe = get_recipe(config.recipe, **config.recipe_options)
+    out = artifacts.prepare_output(Path(config.out), overwrite=True, marker="lr_find.json")
+    dataset, _, train_split = prepare_data(config)
+    model = build_model(config.backbone, recipe.pretrained or config.pretrained, dataset.num_outputs,
+                        recipe, config.seed)
+    sweep = lr_sweep(model, train_split, dataset.task, recipe, batch_size=config.batch_size, seed=config.seed)
+    suggestion = suggest_lr(sweep["lrs"], sweep["smoothed"])
+    plot_sweep(sweep, suggestion, out / "lr_find.png")
+    result = {"suggested_lr": suggestion, "rule": "steepest descent of the smoothed loss before its minimum",
+              "recipe": recipe.name, "n_train": len(train_split), "seed": config.seed, **sweep}
+    artifacts.write_json(out / "lr_find.json", result)
+    return result
+
+
+def build_model(backbone: str, pretrained: str, num_outputs: int, recipe: Recipe, seed: int) -> nn.Module:
+    """The recipe's starting model; ``seed`` decides the new head (and any re-sampled weights)."""
+    torch.manual_seed(seed)
+    model = create_model(backbone, pretrained, num_outputs, recipe.head_dropout)
+    if recipe.initialization == "weight-distribution":
+        resample_weight_distribution(model, torch.Generator().manual_seed(seed))
+    elif recipe.initialization != "pretrained":
+        raise ScarceError(f"Unknown initialization '{recipe.initialization}'; use pretrained or weight-distribution.")
+    return model
 
 
 def training_subset(dataset: ImageDataset, n: int | None, seed: int) -> np.ndarray:

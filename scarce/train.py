@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -20,7 +21,7 @@ from .augment import Augmentation, normalize, to_float
 from .data import Split
 from .evaluate import predict_logits, task_loss
 from .models import GROUP_NAMES, group_modules, layer_groups
-from .recipes import Recipe, one_cycle, plateau_step, trainable_groups
+from .recipes import Recipe, plateau_step, step_plan
 
 
 class TrainingDiverged(RuntimeError):
@@ -98,28 +99,42 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
         progress: bool = True, on_step=None) -> tuple[dict[str, torch.Tensor], History]:
     """Train ``model`` in place; return the best epoch's weights (lowest validation loss) and the history.
 
+    One optimizer lives for the whole run (its state persists across epochs and unfreezing).
     ``on_step(step, model, optimizer)`` is called after every optimizer step (tests use it).
     """
     generator = torch.Generator().manual_seed(seed)
-    optimizer, peaks = make_optimizer(model, recipe)
+    mixup_rng = np.random.default_rng(seed)
+    optimizer = make_optimizer(model, recipe)[0]
     freezer = GroupFreezer(model, recipe)
-    total = epochs * steps_per_epoch(len(train), batch_size)
+    per_epoch = steps_per_epoch(len(train), batch_size)
+    total, head_only_steps = epochs * per_epoch, min(epochs, recipe.head_only_epochs) * per_epoch
     labels = torch.as_tensor(train.labels)
+    num_outputs = _num_outputs(model)
     history, best_loss, best_state = History(), math.inf, None
     started, step, lr_scale, previous_val = time.perf_counter(), 0, 1.0, None
     bar = tqdm(total=total, desc="training", unit="step", disable=not progress, leave=False)
     for epoch in range(epochs):
         running, seen = 0.0, 0
         for index in batches(len(train), batch_size, generator):
-            trainable = trainable_groups(step, total, recipe)
+            if recipe.schedule == "one-cycle":
+                trainable, rates, beta1 = step_plan(step, total, head_only_steps, recipe)
+            else:
+                trainable = {group: at is not None for group, at in zip(GROUP_NAMES, recipe.unfreeze_at)}
+                rates = {g: lr * lr_scale for g, lr in recipe.group_learning_rates().items()}
+                beta1 = recipe.betas[0]
             if trainable != freezer.state:
                 freezer.apply(trainable)
             freezer.set_train_mode()
-            _set_schedule(optimizer, recipe, peaks, step, total, lr_scale)
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = rates[param_group["name"]]
+                param_group["betas"] = (beta1, param_group["betas"][1])
             images = to_float(train.images[index])
             if augmentation is not None:
                 images = augmentation(images, generator)
-            loss = task_loss(task, model(normalize(images)), labels[index])
+            targets = targets_for(task, labels[index], num_outputs)
+            if recipe.mixup_alpha > 0:
+                images, targets = mixup(images, targets, recipe.mixup_alpha, mixup_rng, generator)
+            loss = soft_target_loss(task, model(normalize(images)), targets)
             if not torch.isfinite(loss):
                 bar.close()
                 raise TrainingDiverged(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
@@ -146,16 +161,32 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
                 break
     bar.close()
     history.seconds = time.perf_counter() - started
+    if best_state is None:  # every validation loss was NaN
+        raise TrainingDiverged("validation loss was never finite")
     return best_state, history
 
 
-def _set_schedule(optimizer: torch.optim.Optimizer, recipe: Recipe, peaks: dict[str, float],
-                  step: int, total: int, lr_scale: float) -> None:
-    for param_group in optimizer.param_groups:
-        peak = peaks[param_group["name"]]
-        if recipe.schedule == "one-cycle":
-            lr, beta1 = one_cycle(step, total, peak, recipe)
-            param_group["lr"] = lr
-            param_group["betas"] = (beta1, param_group["betas"][1])
-        else:
-            param_group["lr"] = peak * lr_scale
+def _num_outputs(model: nn.Module) -> int:
+    return model.get_classifier().out_features
+
+
+def targets_for(task: str, labels: torch.Tensor, num_outputs: int) -> torch.Tensor:
+    """Float training targets: (B, 1) for binary, one-hot (B, K) for multi-class, (B, K) for multi-label."""
+    if task == "multiclass":
+        return F.one_hot(labels.long(), num_outputs).float()
+    return labels.float().view(len(labels), -1)
+
+
+def soft_target_loss(task: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The task's loss on (possibly mixed) float targets: cross-entropy or BCE-with-logits."""
+    if task == "multiclass":
+        return F.cross_entropy(logits, targets)
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def mixup(images: torch.Tensor, targets: torch.Tensor, alpha: float, rng: np.random.Generator,
+          generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """MixUp: each image and target blended with a shuffled partner, λ ~ Beta(α, α) per batch."""
+    lam = float(rng.beta(alpha, alpha))
+    partner = torch.randperm(len(images), generator=generator)
+    return lam * images + (1 - lam) * images[partner], lam * targets + (1 - lam) * targets[partner]

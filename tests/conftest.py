@@ -35,3 +35,17 @@ def tiny_dataset() -> ImageDataset:
     splits = {"train": synthetic_split(32, seed=0), "val": synthetic_split(16, seed=1),
               "test": synthetic_split(16, seed=2)}
     return ImageDataset("tiny", "binary", ["a", "b"], splits, "0" * 64)
+
+
+def write_npz(path: Path, task: str = "binary", classes: int = 2, sizes=(24, 16, 16), size: int = 32) -> Path:
+    """A small MedMNIST-layout file of synthetic images (class-dependent brightness)."""
+    arrays = {}
+    for split, n, seed in zip(("train", "val", "test"), sizes, (0, 1, 2)):
+        data = synthetic_split(n, size=size, seed=seed, classes=classes)
+        arrays[f"{split}_images"] = data.images[:, 0].numpy()
+        labels = data.labels
+        if task == "multilabel":  # label k is on when the class index is >= k (so every label varies)
+            labels = np.stack([(labels >= k) for k in range(1, classes)] + [labels % 2 == 0], axis=1)
+        arrays[f"{split}_labels"] = labels.reshape(n, -1).astype(np.int64)
+    np.savez(path, **arrays)
+    return path

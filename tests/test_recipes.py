@@ -17,7 +17,7 @@ PAPER = get_recipe("gradual-unfreezing")
 
 def test_one_cycle_starts_at_peak_over_25_peaks_at_30_percent_and_ends_near_zero():
     total, peak = 1000, 1e-3
-    lrs = [one_cycle(step, total, peak, PAPER)[0] for step in range(total)]
+    lrs = [one_cycle(step, total, peak)[0] for step in range(total)]
     assert lrs[0] == pytest.approx(peak / 25)
     assert max(lrs) == pytest.approx(peak)
     assert lrs.index(max(lrs)) == 300
@@ -30,7 +30,7 @@ def test_one_cycle_starts_at_peak_over_25_peaks_at_30_percent_and_ends_near_zero
 
 def test_beta1_cycles_inversely_to_the_learning_rate():
     total = 100
-    betas = [one_cycle(step, total, 1e-3, PAPER)[1] for step in range(total)]
+    betas = [one_cycle(step, total, 1e-3)[1] for step in range(total)]
     assert betas[0] == pytest.approx(0.95)
     assert betas[30] == pytest.approx(0.85)
     assert betas[-1] == pytest.approx(0.95)
@@ -101,7 +101,7 @@ def test_frozen_groups_stay_unchanged_until_their_unfreeze_step_then_change():
 def test_beta1_really_cycles_in_the_optimizer_betas_during_training():
     _, _, trace = _train_and_watch(PAPER)
     total = len(trace)
-    expected = [one_cycle(step, total, 1e-3, PAPER)[1] for step in range(total)]
+    expected = [one_cycle(step, total, 1e-3)[1] for step in range(total)]
     observed = [entry["betas"][-1] for entry in trace]
     assert observed == pytest.approx(expected)
     assert max(observed) > 0.94 and min(observed) < 0.86
