@@ -19,8 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train and evaluate one model")
     train.add_argument("--config", help="TOML file with any of the settings below")
-    train.add_argument("--data", help="MedMNIST-layout .npz (relative paths are also looked up in the data directory)")
-    train.add_argument("--data-dir", dest="data_dir", help="data directory (default: $SCARCE_DATA_DIR)")
+    train.add_argument("--data", help="a .npz file, MedMNIST name, folder per class or CSV/TSV table "
+                                      "(relative paths are also looked up in the data directory)")
+    _add_data_arguments(train)
+    train.add_argument("--allow-leakage", dest="allow_leakage", action="store_true", default=None,
+                       help="train even if a patient or an identical image is in two splits (recorded)")
+    train.add_argument("--replace", action="store_true", default=None,
+                       help="sample the training subset with replacement when a class has too few images")
     train.add_argument("--out", help="output folder (default runs/train)")
     train.add_argument("--n", type=int, help="training images, class-balanced (default: all)")
     train.add_argument("--seed", type=int)
@@ -35,21 +40,62 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", default=None, help="replace a finished run in --out")
     train.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 
+    data = commands.add_parser("data", help="look at a dataset before training on it")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    inspect = data_commands.add_parser("inspect", help="task, classes, counts per split, patients, leakage")
+    inspect.add_argument("data", help="a .npz file, MedMNIST name, folder per class or CSV/TSV table")
+    _add_data_arguments(inspect)
+
     lr_find = commands.add_parser("lr-find", help="sweep the learning rate, plot the loss, suggest a rate")
     for action in train._actions:
-        if action.dest not in ("help", "tta", "epochs", "overwrite"):
+        if action.dest not in ("help", "tta", "epochs", "overwrite", "replace"):
             lr_find._add_action(action)
 
     commands.add_parser("recipes", help="list the training recipes")
     return parser
 
 
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", dest="data_dir", help="data directory (default: $SCARCE_DATA_DIR)")
+    parser.add_argument("--data-option", dest="data_options", action="append", metavar="KEY=VALUE",
+                        type=_key_value, help="a data-source option, e.g. label_column=finding (repeatable; "
+                        "see docs/data.md)")
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """'key=value' with the value read as a TOML value when it is one (numbers, lists), else text."""
+    import tomllib
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key.strip(), value
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    settings = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
+    if settings.get("data_options") is not None:
+        settings["data_options"] = dict(settings["data_options"])
+    return settings
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .splits import check_leakage, describe
+
+    dataset = load_dataset(args.data, args.data_dir, **dict(args.data_options or []))
+    print(describe(dataset, check_leakage(dataset)))
+    return 0
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .config import make_config
     from .run import train
 
-    settings = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
-    config = make_config(args.config, **settings)
+    config = make_config(args.config, **_settings(args))
     result = train(config)
     m = result.metrics
     low, high = m["test_auc_ci"] or (float("nan"), float("nan"))
@@ -66,7 +112,7 @@ def run_lr_find(args: argparse.Namespace) -> int:
     from .config import make_config
     from .run import find_lr
 
-    settings = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
+    settings = _settings(args)
     settings["out"] = settings.get("out") or "runs/lr-find"
     result = find_lr(make_config(args.config, **settings))
     print(f"suggested learning rate {result['suggested_lr']:.3g} ({result['rule']}); "
@@ -83,7 +129,7 @@ def run_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"train": run_train, "lr-find": run_lr_find, "recipes": run_recipes}
+HANDLERS = {"data": run_data, "train": run_train, "lr-find": run_lr_find, "recipes": run_recipes}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,11 +13,14 @@ from .recipes import DEFAULT_RECIPE
 
 @dataclass
 class TrainConfig:
-    data: str = ""  # a MedMNIST-layout .npz; relative paths are also looked up in data_dir
+    data: str = ""  # .npz, MedMNIST name, folder per class or CSV/TSV; also looked up in data_dir
     out: str = "runs/train"  # output folder
     data_dir: str | None = None  # default: $SCARCE_DATA_DIR
+    data_options: dict = field(default_factory=dict)  # options of the data source (docs/data.md)
+    allow_leakage: bool = False  # train even if a patient or an identical image is in two splits
     n: int | None = None  # training images (class-balanced subset); None = the whole train split
     seed: int = 0  # decides the subset, the head's initialisation, shuffling and augmentation
+    replace: bool = False  # sample the subset with replacement when a class has too few images
     size: int = 64  # images are resized to size x size
     epochs: int = 10
     batch_size: int = 16

@@ -2,7 +2,10 @@
 
 Every source ends as an :class:`ImageDataset`: named splits of uint8 image tensors
 (N x C x H x W) with their labels, kept decoded in memory so that training never
-decodes again. Only the MedMNIST ``.npz`` layout is read here.
+decodes again. :func:`load_dataset` is the one entry point for every source: a MedMNIST-layout
+``.npz`` (or the bare name of a public MedMNIST set), a folder per class, or a CSV/TSV table of
+image paths (PNG, JPEG, TIFF, BMP or DICOM). Readers live in :mod:`scarce.sources`, splitting and
+leakage checks in :mod:`scarce.splits`; see docs/data.md.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import sources
 from .errors import ScarceError
+from .splits import DEFAULT_FRACTIONS, SPLITS, image_hashes, make_splits
 
-SPLITS = ("train", "val", "test")
-TASKS = ("binary", "multiclass", "multilabel")
+TASKS = sources.TASKS
 DATA_DIR_VARIABLE = "SCARCE_DATA_DIR"
 
 
@@ -149,7 +153,8 @@ def load_npz(path: str | os.PathLike, classes: list[str] | None = None,
     if task == "binary":
         n_classes = 2
     if classes is None:
-        classes = known_classes(path.stem) or [f"class_{i}" for i in range(n_classes)]
+        classes = (known_classes(path.stem) or sources.medmnist_classes(path.stem)
+                   or [f"class_{i}" for i in range(n_classes)])
     if len(classes) != n_classes:
         raise ScarceError(f"{path} has {n_classes} classes but {len(classes)} class names were given.")
     return ImageDataset(path.stem, task, list(classes), splits, file_fingerprint(path), str(path))
@@ -169,12 +174,93 @@ def known_classes(stem: str) -> list[str] | None:
     return _CLASS_NAMES.get(stem)
 
 
-def load_dataset(path: str | os.PathLike, directory: str | os.PathLike | None = None) -> ImageDataset:
-    """Load any supported source by path (relative paths are also looked up in the data directory)."""
-    resolved = resolve_path(path, directory)
-    if resolved.suffix == ".npz":
-        return load_npz(resolved)
-    raise ScarceError(f"{path}: unsupported data source; give a MedMNIST-layout .npz file.")
+# Which load_dataset options each kind of source takes; anything else is a user error.
+_COMMON_OPTIONS = {"task", "classes"}
+_IMAGE_OPTIONS = {"size", "cache", "seed", "fractions"}
+_SOURCE_OPTIONS = {
+    "npz": _COMMON_OPTIONS | {"download"},
+    "folder": _COMMON_OPTIONS | _IMAGE_OPTIONS | {"patient_regex"},
+    "table": _COMMON_OPTIONS | _IMAGE_OPTIONS | {
+        "root", "path_column", "label_column", "label_columns", "label_separator", "no_finding",
+        "patient_column", "split_column", "delimiter"},
+}
+LOAD_OPTIONS = sorted(set().union(*_SOURCE_OPTIONS.values()))
+
+
+def load_dataset(path: str | os.PathLike, directory: str | os.PathLike | None = None,
+                 **options) -> ImageDataset:
+    """Load any supported source by path (relative paths are also looked up in the data directory).
+
+    ``path`` is a ``.npz`` file, a bare MedMNIST name (``pneumoniamnist``), a folder per class or a
+    ``.csv``/``.tsv`` table. Options (see ``LOAD_OPTIONS`` and docs/data.md): ``task``, ``classes``;
+    for folders and tables ``size`` (224), ``cache`` (True), ``seed`` (0), ``fractions``
+    ((0.7, 0.15, 0.15)); for folders ``patient_regex``; for tables ``root``, ``path_column``,
+    ``label_column``, ``label_columns``, ``label_separator``, ``no_finding``, ``patient_column``,
+    ``split_column``, ``delimiter``; for MedMNIST names ``download`` (True).
+    """
+    unknown = sorted(set(options) - set(LOAD_OPTIONS))
+    if unknown:
+        raise ScarceError(f"Unknown data option {unknown[0]!r}; the options are {', '.join(LOAD_OPTIONS)}.")
+    resolved = _locate(path, directory, options.get("download", True))
+    kind = ("npz" if resolved.suffix.lower() == ".npz" else "folder" if resolved.is_dir()
+            else "table" if resolved.suffix.lower() in sources.TABLE_SUFFIXES else None)
+    if kind is None:
+        raise ScarceError(f"{path}: unsupported data source; give a folder per class, a .csv/.tsv "
+                          f"table or a MedMNIST-layout .npz file.")
+    misplaced = sorted(set(options) - _SOURCE_OPTIONS[kind])
+    if misplaced:
+        raise ScarceError(f"Option {misplaced[0]!r} does not apply to {resolved} (a {kind}); "
+                          f"it takes {', '.join(sorted(_SOURCE_OPTIONS[kind]))}.")
+    if kind == "npz":
+        return load_npz(resolved, classes=options.get("classes"), task=options.get("task"))
+    image_options = {k: options.pop(k) for k in _IMAGE_OPTIONS if k in options}
+    if kind == "folder":
+        records = sources.read_folder(resolved, **options)
+    else:
+        records = sources.read_table(resolved, **options)
+    return from_records(records, **image_options)
+
+
+def _locate(path: str | os.PathLike, directory: str | os.PathLike | None, download: bool) -> Path:
+    """The file or folder for ``path``; a bare name may mean ``<name>.npz`` or a public MedMNIST set."""
+    try:
+        return resolve_path(path, directory)
+    except ScarceError:
+        bare = Path(path)
+        if bare.suffix or len(bare.parts) != 1:
+            raise
+        base = data_dir(directory)
+        if base is not None and (base / f"{bare.name}.npz").is_file():
+            return base / f"{bare.name}.npz"
+        if bare.name.lower() in sources.MEDMNIST:
+            return sources.medmnist_file(bare.name, base, download)
+        raise
+
+
+def from_records(records: sources.Records, size: int = sources.DEFAULT_SIZE, cache: bool = True,
+                 seed: int = 0, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> ImageDataset:
+    """Decode (or read from cache) and split the listed images into an :class:`ImageDataset`."""
+    images = torch.from_numpy(sources.decode_files(records.files, size, cache))
+    # Without patient ids, identical images are grouped so that a duplicate never crosses splits.
+    groups = records.patients if records.patients is not None else image_hashes(images)
+    parts, how = make_splits(records.labels, groups, records.splits, fractions, seed,
+                             grouped_by="patient" if records.patients is not None else "image content")
+    files = records.relative_files()
+    splits = {name: Split(images[torch.as_tensor(index, dtype=torch.long)], records.labels[index],
+                          None if records.patients is None else records.patients[index], files[index])
+              for name, index in parts.items()}
+    return ImageDataset(records.name, records.task, list(records.classes), splits,
+                        dataset_fingerprint(splits, records.classes), records.source, {"split": how})
+
+
+def dataset_fingerprint(splits: dict[str, Split], classes: list[str]) -> str:
+    """sha256 of what training reads: class names, and each split's images and labels."""
+    digest = hashlib.sha256("\n".join(classes).encode())
+    for name, split in splits.items():
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(split.images.numpy()).tobytes())
+        digest.update(np.ascontiguousarray(split.labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()
 
 
 def resize(dataset: ImageDataset, size: int) -> ImageDataset:
@@ -197,30 +283,56 @@ def _resize_images(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.
     return out
 
 
-def balanced_subset(labels: np.ndarray, n: int, seed: int, classes: list[str] | None = None) -> np.ndarray:
+def balanced_subset(labels: np.ndarray, n: int, seed: int, classes: list[str] | None = None,
+                    replace: bool = False) -> np.ndarray:
     """Indices of ``n`` training images, as equal per class as possible, drawn with ``seed``.
 
     Each class is shuffled once by the seed and its first images are taken, so for one seed the
     subset of a smaller N lies inside the subset of a larger N. Earlier classes get the remainder
-    when ``n`` does not divide evenly. Multi-label sets are drawn uniformly (no balancing).
+    when ``n`` does not divide evenly. Multi-label sets are drawn uniformly (no balancing), also
+    nested. With ``replace=True`` a class (or a multi-label set) short of images gives all it has
+    plus repeats drawn with replacement, still nested; :func:`count_duplicates` tells how many.
     """
     labels = np.asarray(labels)
     if n <= 0:
         raise ScarceError(f"n must be a positive number of training images, not {n}.")
     rng = np.random.default_rng(seed)
     if labels.ndim > 1:
-        if n > len(labels):
-            raise ScarceError(f"n={n} asks for more training images than the {len(labels)} available.")
-        return np.sort(rng.permutation(len(labels))[:n])
-    n_classes = int(labels.max()) + 1
+        if n > len(labels) and not replace:
+            raise ScarceError(f"n={n} asks for more training images than the {len(labels)} available; "
+                              f"choose a smaller n or sample with replacement.")
+        return np.sort(_take(rng.permutation(len(labels)), n, seed, 0))
+    n_classes = len(classes) if classes else int(labels.max()) + 1
     if n < n_classes:
         raise ScarceError(f"n={n} is smaller than the number of classes ({n_classes}); "
                           f"give at least one image per class.")
     order = [rng.permutation(np.flatnonzero(labels == c)) for c in range(n_classes)]
     wanted = [n // n_classes + (1 if c < n % n_classes else 0) for c in range(n_classes)]
     for c, (members, count) in enumerate(zip(order, wanted)):
-        if count > len(members):
-            name = classes[c] if classes else f"class {c}"
+        name = classes[c] if classes else f"class {c}"
+        if len(members) == 0:
+            raise ScarceError(f"Class '{name}' has no training images, so no subset can hold it; "
+                              f"add images of it or drop the class.")
+        if count > len(members) and not replace:
             raise ScarceError(f"n={n} needs {count} training images of class '{name}' "
-                              f"but only {len(members)} exist; choose a smaller n.")
-    return np.sort(np.concatenate([members[:count] for members, count in zip(order, wanted)]))
+                              f"but only {len(members)} exist; choose a smaller n or sample with replacement.")
+    return np.sort(np.concatenate([_take(members, count, seed, c + 1)
+                                   for c, (members, count) in enumerate(zip(order, wanted))]))
+
+
+def _take(members: np.ndarray, count: int, seed: int, stream: int) -> np.ndarray:
+    """The first ``count`` of ``members``, topped up with seeded repeats when there are too few.
+
+    Repeats come from their own generator per (seed, stream), so their order does not depend on
+    ``count`` and subsets stay nested as N grows.
+    """
+    if count <= len(members):
+        return members[:count]
+    extra = np.random.default_rng([seed, stream]).integers(0, len(members), size=count - len(members))
+    return np.concatenate([members, members[extra]])
+
+
+def count_duplicates(indices: np.ndarray) -> int:
+    """How many drawn indices repeat an earlier one (0 without replacement)."""
+    indices = np.asarray(indices)
+    return int(len(indices) - len(np.unique(indices)))

@@ -14,10 +14,12 @@ from torch import nn
 from . import artifacts
 from .errors import ScarceError
 from .config import TrainConfig, make_config
-from .data import ImageDataset, balanced_subset, file_fingerprint, load_dataset, resize
+from .data import (ImageDataset, balanced_subset, count_duplicates, file_fingerprint, load_dataset, resize,
+                   resolve_path)
 from .evaluate import predict, task_metrics
 from .models import create_model, layer_groups, load_trained, resample_weight_distribution
 from .recipes import Recipe, get_recipe
+from .splits import ensure_no_leakage
 from .lr_find import lr_sweep, plot_sweep, suggest_lr
 from .train import History, fit
 
@@ -61,6 +63,7 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
         "test_accuracy": test_metrics["accuracy"],
         **{f"test_{k}": v for k, v in test_metrics.items() if k not in ("auc", "auc_ci", "accuracy")},
         "n_train": len(train_split),
+        "train_duplicates": count_duplicates(subset),
         "train_class_counts": _counts(dataset, train_split.labels),
         "seed": config.seed,
         "recipe": recipe.name,
@@ -78,7 +81,8 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
     provenance = {
         "config": config.to_dict(),
         "recipe": recipe.to_dict(),
-        "data": {**dataset.summary(), "source": dataset.source,
+        "data": {**dataset.summary(), "source": dataset.source, "split": dataset.extra.get("split"),
+                 "leakage": dataset.extra["leakage"],
                  "train_subset_sha256": hashlib.sha256(np.asarray(subset).tobytes()).hexdigest(),
                  "train_subset_indices": subset},
         "layer_groups": {name: len(names) for name, names in layer_groups(model).as_dict().items()},
@@ -94,9 +98,20 @@ def prepare_data(config: TrainConfig):
     """The resized dataset, the training-subset indices and the training split they select."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    dataset = resize(load_dataset(config.data, config.data_dir), config.size)
-    subset = training_subset(dataset, config.n, config.seed)
+    options = dict(config.data_options)
+    if not _is_npz(config):
+        options.setdefault("size", config.size)  # decode straight to the training size
+    dataset = resize(load_dataset(config.data, config.data_dir, **options), config.size)
+    dataset.extra["leakage"] = ensure_no_leakage(dataset, config.allow_leakage)
+    subset = training_subset(dataset, config.n, config.seed, config.replace)
     return dataset, subset, dataset.splits["train"].take(subset)
+
+
+def _is_npz(config: TrainConfig) -> bool:
+    try:
+        return resolve_path(config.data, config.data_dir).suffix.lower() == ".npz"
+    except ScarceError:
+        return True  # a bare MedMNIST name (an .npz), or missing: load_dataset reports it
 
 
 def find_lr(config: TrainConfig | None = None, /, **settings) -> dict:
@@ -127,11 +142,11 @@ def build_model(backbone: str, pretrained: str, num_outputs: int, recipe: Recipe
     return model
 
 
-def training_subset(dataset: ImageDataset, n: int | None, seed: int) -> np.ndarray:
+def training_subset(dataset: ImageDataset, n: int | None, seed: int, replace: bool = False) -> np.ndarray:
     labels = dataset.splits["train"].labels
     if n is None:
         return np.arange(len(labels))
-    return balanced_subset(labels, n, seed, dataset.classes)
+    return balanced_subset(labels, n, seed, dataset.classes, replace=replace)
 
 
 def _counts(dataset: ImageDataset, labels: np.ndarray) -> dict[str, int]:

@@ -25,7 +25,8 @@ def synthetic_split(n: int, size: int = 32, seed: int = 0, classes: int = 2) -> 
     """Images whose brightness depends on the class, so a model can learn them quickly."""
     generator = torch.Generator().manual_seed(seed)
     labels = np.arange(n) % classes
-    base = torch.as_tensor(labels, dtype=torch.float32).view(-1, 1, 1, 1) * 120 + 40
+    step = 150 / max(1, classes - 1)  # brightness 30..180 plus noise: never saturates, so images differ
+    base = torch.as_tensor(labels, dtype=torch.float32).view(-1, 1, 1, 1) * step + 30
     noise = torch.randint(0, 60, (n, 3, size, size), generator=generator).float()
     return Split((base + noise).clamp(0, 255).to(torch.uint8), labels.astype(np.int64))
 

@@ -43,8 +43,13 @@ def test_config_file_and_data_directory_are_used(data_dir, tmp_path, monkeypatch
     config.write_text('data = "pneumoniamnist.npz"\nn = 20\nepochs = 1\nsize = 32\ntta = 0\n'
                       'recipe = "scratch"\n[recipe_options]\nlr = 0.002\n')
     out = tmp_path / "out"
-    assert main(["train", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
+    # pneumoniamnist.npz has 8 identical images in train and val: refused unless allowed, then recorded.
+    assert main(["train", "--config", str(config), "--out", str(out), "--no-progress"]) == 2
+    assert not (out / "metrics.json").exists()
+    assert main(["train", "--config", str(config), "--out", str(out), "--no-progress", "--allow-leakage"]) == 0
     run = json.loads((out / "run.json").read_text())
+    assert run["data"]["leakage"]["leak"] and run["data"]["leakage"]["allowed"]
+    assert run["config"]["allow_leakage"] is True
     assert run["config"]["size"] == 32 and run["recipe"]["lr"] == 0.002
     assert run["data"]["name"] == "pneumoniamnist" and run["data"]["image_size"] == [3, 32, 32]
 
