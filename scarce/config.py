@@ -52,22 +52,31 @@ class TrainConfig:
         return asdict(self)
 
 
-def load_config(path: str | Path) -> dict:
-    """Fields from a TOML file (data only: nothing in it is executed), checked against TrainConfig."""
+def read_toml(path: str | Path, what: str = "Config file") -> dict:
+    """A TOML file as a dict (data only: nothing in it is executed)."""
     path = Path(path)
     try:
         with open(path, "rb") as handle:
-            values = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError:
-        raise ScarceError(f"Config file {path} does not exist.") from None
+        raise ScarceError(f"{what} {path} does not exist.") from None
     except tomllib.TOMLDecodeError as error:
-        raise ScarceError(f"Config file {path} is not valid TOML ({error}); fix the line it names.") from None
-    known = {f.name for f in fields(TrainConfig)}
+        raise ScarceError(f"{what} {path} is not valid TOML ({error}); fix the line it names.") from None
+
+
+def check_fields(values: dict, known: set[str], where: str) -> None:
+    """Refuse unknown keys, suggesting the closest known one."""
     for key in values:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ScarceError(f"Config file {path}: unknown field '{key}'.{hint}")
+            raise ScarceError(f"{where}: unknown field '{key}'." + (f" Did you mean '{close[0]}'?" if close else ""))
+
+
+def load_config(path: str | Path) -> dict:
+    """Fields from a TOML config file, checked against TrainConfig."""
+    path = Path(path)
+    values = read_toml(path)
+    check_fields(values, {f.name for f in fields(TrainConfig)}, f"Config file {path}")
     if isinstance(values.get("data"), str) and not Path(values["data"]).is_absolute():
         relative = path.parent / values["data"]
         if relative.exists():

@@ -105,11 +105,9 @@ def resolve_path(path: str | os.PathLike, directory: str | os.PathLike | None = 
 
 
 def file_fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
+    """sha256 of a file's bytes."""
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def load_npz(path: str | os.PathLike, classes: list[str] | None = None,

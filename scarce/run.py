@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import json
+
 import hashlib
 import time
 from dataclasses import dataclass
@@ -16,7 +19,8 @@ from .errors import ScarceError
 from .config import TrainConfig, make_config
 from .data import (ImageDataset, balanced_subset, count_duplicates, file_fingerprint, load_dataset, resize,
                    resolve_path)
-from .evaluate import predict, task_metrics
+from .evaluate import predict
+from .metrics import task_metrics
 from .models import create_model, layer_groups, load_trained, resample_weight_distribution
 from .recipes import Recipe, get_recipe
 from .splits import ensure_no_leakage
@@ -57,6 +61,7 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
     test = dataset.splits["test"]
     probs = predict(model, test.images, dataset.task, tta=config.tta, seed=config.seed)
     test_metrics = task_metrics(dataset.task, test.labels, probs, seed=config.seed)
+    artifacts.write_npy(out / "test_probabilities.npy", probs)
     metrics = {
         "test_auc": test_metrics["auc"],
         "test_auc_ci": test_metrics["auc_ci"],
@@ -98,18 +103,25 @@ def prepare_data(config: TrainConfig):
     """The resized dataset, the training-subset indices and the training split they select."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    options = dict(config.data_options)
-    if not _is_npz(config):
-        options.setdefault("size", config.size)  # decode straight to the training size
-    dataset = resize(load_dataset(config.data, config.data_dir, **options), config.size)
+    dataset = load_resized(config.data, config.data_dir, json.dumps(config.data_options, sort_keys=True),
+                           config.size)
     dataset.extra["leakage"] = ensure_no_leakage(dataset, config.allow_leakage)
     subset = training_subset(dataset, config.n, config.seed, config.replace)
     return dataset, subset, dataset.splits["train"].take(subset)
 
 
-def _is_npz(config: TrainConfig) -> bool:
+@functools.lru_cache(maxsize=1)
+def load_resized(data: str, data_dir: str | None, options_json: str, size: int) -> ImageDataset:
+    """The dataset at ``size``, kept for the next run in this process (a study's cells share it)."""
+    options = json.loads(options_json)
+    if not _is_npz(data, data_dir):
+        options.setdefault("size", size)  # decode straight to the training size
+    return resize(load_dataset(data, data_dir, **options), size)
+
+
+def _is_npz(data: str, data_dir: str | None) -> bool:
     try:
-        return resolve_path(config.data, config.data_dir).suffix.lower() == ".npz"
+        return resolve_path(data, data_dir).suffix.lower() == ".npz"
     except ScarceError:
         return True  # a bare MedMNIST name (an .npz), or missing: load_dataset reports it
 

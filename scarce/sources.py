@@ -259,17 +259,22 @@ def _sort_names(names: set[str]) -> list[str]:
     return sorted(names)
 
 
+def declared_or_found(found: set[str], classes: list[str] | None, where: str) -> list[str]:
+    """The declared classes (every label must be one of them), else the labels found, sorted."""
+    if classes is None:
+        return _sort_names(found)
+    unknown = sorted(found - set(classes))
+    if unknown:
+        raise ScarceError(f"{where}: labels {', '.join(map(repr, unknown[:5]))} are not among the "
+                          f"declared classes {classes}; fix the labels or the classes option.")
+    return classes
+
+
 def single_labels(values: list[str], classes: list[str] | None, task: str | None,
                   where: str) -> tuple[np.ndarray, list[str], str]:
     """Class indices for one label per image, the class list and the task."""
     found = set(values)
-    if classes is not None:
-        unknown = sorted(found - set(classes))
-        if unknown:
-            raise ScarceError(f"{where}: labels {', '.join(map(repr, unknown[:5]))} are not among the "
-                              f"declared classes {classes}; fix the labels or the classes option.")
-    else:
-        classes = _sort_names(found)
+    classes = declared_or_found(found, classes, where)
     present = len(found)
     if present < 2:
         raise ScarceError(f"{where}: only one class ({next(iter(found))!r}) is present; a classifier "
@@ -514,13 +519,7 @@ def _joined_labels(values: list[str], separator: str, no_finding: str, classes: 
             tokens = []
         rows.append(tokens)
     found = {t for tokens in rows for t in tokens}
-    if classes is not None:
-        unknown = sorted(found - set(classes))
-        if unknown:
-            raise ScarceError(f"{where}: labels {', '.join(map(repr, unknown[:5]))} are not among the "
-                              f"declared classes {classes}; fix the labels or the classes option.")
-    else:
-        classes = _sort_names(found)
+    classes = declared_or_found(found, classes, where)
     if len(classes) < 2:
         raise ScarceError(f"{where}: only {len(classes)} finding ({', '.join(classes) or 'none'}) is "
                           f"present; a multi-label task needs at least two.")
@@ -564,11 +563,8 @@ MEDMNIST = {
 
 
 def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def check_md5(path: Path, expected: str) -> None:

@@ -5,7 +5,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from scarce.evaluate import auc, binary_metrics, bootstrap_ci, multilabel_metrics, predict, predict_logits
+from scarce.evaluate import predict, predict_logits
+from scarce.metrics import auc, binary_metrics, bootstrap_ci, multilabel_metrics
 from scarce.models import create_model
 
 from conftest import synthetic_split
@@ -77,3 +78,11 @@ def test_prediction_runs_without_gradients_and_in_eval_mode():
     model.register_forward_hook(lambda module, args, out: seen.append((module.training, out.requires_grad)))
     predict(model, synthetic_split(4).images, "binary", tta=1)
     assert seen and all(mode == (False, False) for mode in seen)
+
+
+def test_rank_auc_equals_scikit_learn_including_ties():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        labels = rng.integers(0, 2, 200)
+        scores = np.round(labels * 0.3 + rng.normal(0, 0.5, 200), 1)  # many ties
+        assert auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
