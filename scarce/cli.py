@@ -6,6 +6,7 @@ Every user error becomes one sentence on stderr and exit code 2; a diverged trai
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 
 from .errors import EXIT_USER_ERROR, ScarceError
@@ -176,6 +177,18 @@ def main(argv: list[str] | None = None) -> int:
         return HANDLERS[args.command](args)
     except ScarceError as error:
         print(f"scarce: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as error:  # a write failed outside atomic_write (a folder, the decode cache, …)
+        from .artifacts import write_error
+
+        friendly = write_error(error.filename or "an output file", error)
+        if friendly is None:
+            raise
+        print(f"scarce: error: {friendly}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except sqlite3.OperationalError as error:  # the study database: disk full, read-only, …
+        print(f"scarce: error: The study database could not be written ({error}); free space or choose "
+              f"another --out, then run the same command again.", file=sys.stderr)
         return EXIT_USER_ERROR
     except TrainingDiverged as error:
         print(f"scarce: error: {error}; lower the learning rate (recipe option lr).", file=sys.stderr)

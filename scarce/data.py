@@ -134,9 +134,9 @@ def load_npz(path: str | os.PathLike, classes: list[str] | None = None,
     task = task or ("multilabel" if label_width > 1 else None)
     splits = {}
     for name, arrays in raw.items():
-        labels = arrays["labels"].reshape(len(arrays["labels"]), -1).astype(np.int64)
-        if np.isnan(arrays["labels"].astype(float)).any():
+        if np.isnan(arrays["labels"].astype(float)).any():  # before the cast, which would warn
             raise ScarceError(f"{path}: {name}_labels contains NaN; every image needs a label.")
+        labels = arrays["labels"].reshape(len(arrays["labels"]), -1).astype(np.int64)
         images = arrays["images"]
         if images.dtype != np.uint8:
             raise ScarceError(f"{path}: {name}_images has dtype {images.dtype}; expected uint8.")

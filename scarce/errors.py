@@ -9,4 +9,12 @@ class ScarceError(Exception):
     """
 
 
+class CannotWrite(ScarceError):
+    """An output could not be written (disk full, file-size limit, read-only or forbidden folder).
+
+    Unlike other errors of one study cell, it stops the whole study: every later cell would fail
+    the same way. Nothing finished is lost; the same command resumes once there is room.
+    """
+
+
 EXIT_USER_ERROR = 2

@@ -158,4 +158,24 @@ def get_recipe(name: str, **overrides) -> Recipe:
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ScarceError(f"Unknown recipe setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}.")
+    for key, value in overrides.items():
+        _check_type(key, value, Recipe.__dataclass_fields__[key].default)
     return replace(RECIPES[name], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
+def _check_type(key: str, value, default) -> None:
+    """Refuse an override of the wrong kind (``lr = "fast"``) before it reaches arithmetic."""
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok, kind = ok and (isinstance(value, int) or isinstance(default, float)), \
+            "a number" if isinstance(default, float) else "a whole number"
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "text"
+    elif isinstance(default, tuple):
+        ok, kind = isinstance(value, (list, tuple)) and len(value) == len(default), f"a list of {len(default)} values"
+    else:
+        return
+    if not ok:
+        raise ScarceError(f"Recipe setting {key} must be {kind}, not {value!r}.")

@@ -26,6 +26,14 @@ from .analysis import predict_curve
 from .artifacts import write_text
 
 FIRST_COLUMNS = ("recipe", "n", "seed", "status", "test_auc")
+DETERMINISM = (
+    "Reproducibility: scarce computes on the CPU, where the same spec and seeds give the same numbers "
+    "and weights with these versions (tested). On a GPU that would not be guaranteed: "
+    "torch.use_deterministic_algorithms is off by default and scarce does not turn it on, so cuDNN may "
+    "pick a different or a nondeterministic convolution algorithm per run, and CUDA backward passes that "
+    "accumulate with atomic additions (convolutions, adaptive average pooling, bilinear interpolate, "
+    "grid_sample, index_add, scatter_add) sum in varying order; PyTorch also does not promise identical "
+    "results across releases, platforms, or CPU and GPU.")
 
 
 def write_report(out_dir: Path, spec: dict, results: list[dict], analysis: dict, versions: dict) -> dict[str, Path]:
@@ -122,6 +130,11 @@ def summary_markdown(spec: dict, analysis: dict) -> str:
     for row in analysis.get("summary", []):
         lines.append(f"| {_md(row['recipe'])} | {row['n']} | {row['seeds']} | {_number(row['mean'])} "
                      f"| {_interval(row['ci_low'], row['ci_high'])} | {row['diverged']} |")
+    problems = analysis.get("problem_cells", [])
+    if problems:
+        lines += ["", "## Diverged and failed cells", ""]
+        lines += [f"- {_md(c.get('recipe'))} N={c.get('n')} seed={c.get('seed')}: {_md(c.get('status'))}"
+                  + (f" ({_md(c['error'])})" if c.get("error") else "") for c in problems]
     lines += ["", "## Distinguishable differences", ""]
     # Each pair appears twice (A−B and B−A); the positive direction reads best.
     shown = [p for p in one_direction(analysis.get("pairs", [])) if p["distinguishable"]]
@@ -176,6 +189,7 @@ def report_html(spec: dict, analysis: dict, versions: dict) -> str:
         "<h2>Study specification</h2>",
         f"<pre>{_e(json.dumps(spec, indent=2, default=str))}</pre>",
         "<h2>Versions</h2>", _table(["package", "version"], [[key, value] for key, value in versions.items()]),
+        f'<p id="determinism">{_e(DETERMINISM)}</p>',
         "</body>", "</html>",
     ]
     return "\n".join(parts) + "\n"

@@ -53,6 +53,9 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
             "classes": dataset.classes, "size": config.size, "recipe": recipe.name,
             "drop_rate": recipe.head_dropout}
     checkpoint = out / "model.safetensors"
+    # With --overwrite, the earlier run stops counting as finished before its first file is
+    # replaced: a folder never pairs an old metrics.json with new weights, even if this run dies.
+    (out / "metrics.json").unlink(missing_ok=True)
     artifacts.save_weights(checkpoint, best_state, info)
 
     # Evaluate exactly the file just written: the recipe's own artefact, identified by its hash.

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .artifacts import remove_stale_temporaries
 from .config import TrainConfig, check_fields, read_toml
-from .errors import ScarceError
+from .errors import CannotWrite, ScarceError
 from .recipes import get_recipe
 
 DONE, PENDING, RUNNING, DIVERGED, FAILED = "done", "pending", "running", "diverged", "failed"
@@ -95,9 +95,16 @@ def parse_spec(raw: dict, where: str = "the study spec") -> StudySpec:
     if not raw.get("recipes"):
         raise ScarceError(f"{where}: no [[recipes]]; list at least one recipe to compare.")
     arms = []
+    if not isinstance(raw["recipes"], list):
+        raise ScarceError(f"{where}: 'recipes' must be a list of [[recipes]] tables, not {raw['recipes']!r}.")
     for index, entry in enumerate(raw.pop("recipes")):
         if isinstance(entry, str):
             entry = {"recipe": entry}
+        if not isinstance(entry, dict):
+            raise ScarceError(f"{where}: recipes[{index}] must be a table or a recipe name, not {entry!r}.")
+        if not isinstance(entry.get("options", {}), dict):
+            raise ScarceError(f"{where}: recipes[{index}].options must be a table such as {{ lr = 3e-4 }}, "
+                              f"not {entry['options']!r}.")
         unknown = set(entry) - {"name", "recipe", "options", "pretrained"}
         if unknown:
             raise ScarceError(f"{where}: recipes[{index}] has unknown field(s) {', '.join(sorted(unknown))}; "
@@ -253,6 +260,8 @@ def run_cell(config_dict: dict) -> dict:
         result = train(config)
     except TrainingDiverged as error:
         return {"status": DIVERGED, "error": str(error), "seconds": time.perf_counter() - started}
+    except CannotWrite:
+        raise  # disk full or the like: stop the study (finished cells stay), not one failed cell
     except ScarceError as error:
         return {"status": FAILED, "error": str(error), "seconds": time.perf_counter() - started}
     run = json.loads((out / "run.json").read_text())
@@ -350,7 +359,7 @@ def run_study(spec_path: str | Path, out: str | Path, executor: str = "local", w
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ScarceError(f"Cannot create study folder {out} ({error.strerror}); choose a writable --out.") from None
+        raise CannotWrite(f"Cannot create study folder {out} ({error.strerror}); choose a writable --out.") from None
     if executor not in ("local", "ray"):
         raise ScarceError(f"Unknown executor '{executor}'; use local or ray.")
     with StudyLock(out):
