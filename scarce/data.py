@@ -173,7 +173,7 @@ def known_classes(stem: str) -> list[str] | None:
 
 
 # Which load_dataset options each kind of source takes; anything else is a user error.
-_COMMON_OPTIONS = {"task", "classes"}
+_COMMON_OPTIONS = {"task", "classes", "exclude_labels"}
 _IMAGE_OPTIONS = {"size", "cache", "seed", "fractions"}
 _SOURCE_OPTIONS = {
     "npz": _COMMON_OPTIONS | {"download"},
@@ -194,7 +194,8 @@ def load_dataset(path: str | os.PathLike, directory: str | os.PathLike | None = 
     for folders and tables ``size`` (224), ``cache`` (True), ``seed`` (0), ``fractions``
     ((0.7, 0.15, 0.15)); for folders ``patient_regex``; for tables ``root``, ``path_column``,
     ``label_column``, ``label_columns``, ``label_separator``, ``no_finding``, ``patient_column``,
-    ``split_column``, ``delimiter``; for MedMNIST names ``download`` (True).
+    ``split_column``, ``delimiter``; for MedMNIST names ``download`` (True); for every source
+    ``exclude_labels`` (a list of label names to hold out, see :func:`exclude_labels`).
     """
     unknown = sorted(set(options) - set(LOAD_OPTIONS))
     if unknown:
@@ -209,14 +210,56 @@ def load_dataset(path: str | os.PathLike, directory: str | os.PathLike | None = 
     if misplaced:
         raise ScarceError(f"Option {misplaced[0]!r} does not apply to {resolved} (a {kind}); "
                           f"it takes {', '.join(sorted(_SOURCE_OPTIONS[kind]))}.")
+    excluded = options.pop("exclude_labels", None)
     if kind == "npz":
-        return load_npz(resolved, classes=options.get("classes"), task=options.get("task"))
-    image_options = {k: options.pop(k) for k in _IMAGE_OPTIONS if k in options}
-    if kind == "folder":
-        records = sources.read_folder(resolved, **options)
+        dataset = load_npz(resolved, classes=options.get("classes"), task=options.get("task"))
     else:
-        records = sources.read_table(resolved, **options)
-    return from_records(records, **image_options)
+        image_options = {k: options.pop(k) for k in _IMAGE_OPTIONS if k in options}
+        if kind == "folder":
+            records = sources.read_folder(resolved, **options)
+        else:
+            records = sources.read_table(resolved, **options)
+        dataset = from_records(records, **image_options)
+    return exclude_labels(dataset, excluded) if excluded else dataset
+
+
+def exclude_labels(dataset: ImageDataset, names: list[str] | str) -> ImageDataset:
+    """The dataset without the labels ``names``: the paper's held-out-label upstream source.
+
+    Multi-label: the label columns are dropped and every image stays (an image whose only finding
+    was an excluded label becomes a no-finding image). Multi-class: the images of the excluded
+    classes leave every split and the remaining classes are numbered 0, 1, … in their old order;
+    two remaining classes make a binary task. The fingerprint stays the source's; the excluded
+    names are kept in ``extra["excluded_labels"]``.
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [name for name in names if name not in dataset.classes]
+    if unknown:
+        raise ScarceError(f"Cannot exclude label '{unknown[0]}': {dataset.name} has the labels "
+                          f"{', '.join(dataset.classes)}; give one of those (exact spelling).")
+    keep = [k for k, name in enumerate(dataset.classes) if name not in names]
+    if dataset.task == "multilabel":
+        if not keep:
+            raise ScarceError(f"Excluding {', '.join(names)} leaves {dataset.name} without labels; keep at least one.")
+        splits = {name: replace(split, labels=split.labels[:, keep]) for name, split in dataset.splits.items()}
+        task = dataset.task
+    else:
+        if len(keep) < 2:
+            raise ScarceError(f"Excluding {', '.join(names)} leaves {dataset.name} with fewer than two classes; "
+                              f"a classifier needs at least two.")
+        new_index = np.full(len(dataset.classes), -1, dtype=np.int64)
+        new_index[keep] = np.arange(len(keep))
+        splits = {name: _relabelled(split, new_index) for name, split in dataset.splits.items()}
+        task = "binary" if len(keep) == 2 else "multiclass"
+    extra = {**dataset.extra, "excluded_labels": names}
+    return replace(dataset, task=task, classes=[dataset.classes[k] for k in keep], splits=splits, extra=extra)
+
+
+def _relabelled(split: Split, new_index: np.ndarray) -> Split:
+    """The images of ``split`` whose class is kept, with their new class numbers."""
+    kept = np.flatnonzero(new_index[split.labels] >= 0)
+    taken = split.take(kept)
+    return replace(taken, labels=new_index[taken.labels])
 
 
 def _locate(path: str | os.PathLike, directory: str | os.PathLike | None, download: bool) -> Path:

@@ -29,7 +29,7 @@ def probabilities(task: str, logits: torch.Tensor) -> torch.Tensor:
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
                    augmentation: Augmentation | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Logits for uint8 images in eval mode, optionally through one augmented view per image."""
-    model.eval()
+    model.eval().to(memory_format=torch.channels_last)  # faster on CPU, see train.fit
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = to_float(images[start:start + batch_size])

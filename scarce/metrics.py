@@ -89,6 +89,18 @@ def multilabel_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float =
             "accuracy": float(((probs >= threshold) == labels).mean()), "n": int(len(labels))}
 
 
+def point_auc(task: str, labels: np.ndarray, probs: np.ndarray) -> float | None:
+    """The task's AUC without an interval: binary AUC, macro one-vs-rest (multi-class) or the
+    mean over labels (multi-label); None when it is undefined."""
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    if task == "binary":
+        return auc(labels, probs)
+    columns = probs.shape[1]
+    truth = (lambda k: labels == k) if task == "multiclass" else (lambda k: labels[:, k])
+    values = [v for v in (auc(truth(k), probs[:, k]) for k in range(columns)) if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 def task_metrics(task: str, labels: np.ndarray, probs: np.ndarray, seed: int = 0) -> dict:
     if task == "binary":
         return binary_metrics(labels, probs, seed=seed)

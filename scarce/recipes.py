@@ -46,6 +46,12 @@ class Recipe:
     head_only_pct_start: float = 0.99
     mixup_alpha: float = 0.0  # MixUp with λ ~ Beta(α, α) per batch; 0 = off
     head_dropout: float = 0.0  # dropout before the classifier
+    # Which epoch's weights to keep: the lowest validation loss ("val_loss") or the highest
+    # validation AUC ("val_auc", ties broken by the lower loss). Loss also rewards calibration.
+    select_by: str = "val_loss"
+    # What is trained: "cnn" (the backbone, by the fields above) or "radiomics" (texture features
+    # and a logistic regression, scarce/radiomics.py; the CNN fields do not apply).
+    model: str = "cnn"
 
     def group_learning_rates(self) -> dict[str, float]:
         """Peak learning rate per layer group: lr·ratio², lr·ratio, lr."""
@@ -109,15 +115,20 @@ def plateau_step(lr: float, previous_loss: float | None, loss: float, recipe: Re
     return lr
 
 
+_ALL_TRAINABLE = (0.0, 0.0, 0.0)
+
 _PAPER = Recipe(
     name="gradual-unfreezing",
     description="The paper's best: one-cycle, discriminative learning rates (lr/9, lr/3, lr), head "
                 "only at first, late body from 10% and early body from 20% of the iterations.",
 )
 
-_ALL_TRAINABLE = (0.0, 0.0, 0.0)
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in [
+    Recipe(name="small-data", description="scarce's default: pretrained, every layer trainable from the first "
+           "step with one learning rate, one-cycle with peak 3e-3 (Adam, β1 0.95→0.85→0.95), and the epoch "
+           "with the highest validation AUC kept. Chosen on validation AUC (docs/benchmarks.md).",
+           lr=3e-3, group_ratio=1.0, unfreeze_at=_ALL_TRAINABLE, select_by="val_auc"),
     _PAPER,
     Recipe(name="regular", description="The paper's baseline: everything trainable, Adam lr 1e-3, "
            "divided by 10 when the validation loss rose by more than 1e-3, stop under 1e-6.",
@@ -144,8 +155,13 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in [
     Recipe(name="scratch-regular", description="No transfer with the 'regular' plateau policy: the paper's "
            "E3 baseline arm.", schedule="plateau", group_ratio=1.0, unfreeze_at=_ALL_TRAINABLE,
            betas=(0.9, 0.9), pretrained="scratch"),
+    Recipe(name="radiomics-lr", description="The paper's radiomics baseline, no CNN: 79 features per image "
+           "(GLCM contrast, dissimilarity, homogeneity, energy, correlation, ASM at distances 1, 2, 4, 6 and "
+           "angles 0, π/4, π/2; intensity mean, std, central moments 2-5, entropy), standardised, "
+           "cross-validated L2 logistic regression (E1, E9).", model="radiomics"),
 ]}
-DEFAULT_RECIPE = "gradual-unfreezing"
+DEFAULT_RECIPE = "small-data"
+SELECT_BY = ("val_loss", "val_auc")
 
 
 def get_recipe(name: str, **overrides) -> Recipe:
@@ -160,7 +176,10 @@ def get_recipe(name: str, **overrides) -> Recipe:
         raise ScarceError(f"Unknown recipe setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}.")
     for key, value in overrides.items():
         _check_type(key, value, Recipe.__dataclass_fields__[key].default)
-    return replace(RECIPES[name], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    recipe = replace(RECIPES[name], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    if recipe.select_by not in SELECT_BY:
+        raise ScarceError(f"Recipe setting select_by must be one of {', '.join(SELECT_BY)}, not {recipe.select_by!r}.")
+    return recipe
 
 
 def _check_type(key: str, value, default) -> None:

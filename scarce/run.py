@@ -21,7 +21,10 @@ from .data import (ImageDataset, balanced_subset, count_duplicates, file_fingerp
                    resolve_path)
 from .evaluate import predict
 from .metrics import task_metrics
+from .model_card import render as render_model_card
 from .models import create_model, layer_groups, load_trained, resample_weight_distribution
+from .predict import validation_thresholds
+from .pretrain import is_source_path, load_backbone, source_record
 from .recipes import Recipe, get_recipe
 from .splits import ensure_no_leakage
 from .lr_find import lr_sweep, plot_sweep, suggest_lr
@@ -43,10 +46,15 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
     """
     config = (config or make_config(**settings)).validate()
     recipe = get_recipe(config.recipe, **config.recipe_options)
+    if recipe.model == "radiomics":  # no CNN: features and a logistic regression, same files out
+        from .radiomics import train_radiomics
+        return train_radiomics(config, recipe)
     out = artifacts.prepare_output(Path(config.out), config.overwrite)
+    clock = time.perf_counter()
     dataset, subset, train_split = prepare_data(config)
     pretrained = recipe.pretrained or config.pretrained
-    model = build_model(config.backbone, pretrained, dataset.num_outputs, recipe, config.seed)
+    model = build_model(config.backbone, pretrained, dataset.num_outputs, recipe, config.seed, config.size)
+    setup_seconds = time.perf_counter() - clock
     best_state, history = fit(model, train_split, dataset.splits["val"], dataset.task, recipe,
                               config.epochs, config.batch_size, config.seed, progress=config.progress)
     info = {"backbone": config.backbone, "num_outputs": dataset.num_outputs, "task": dataset.task,
@@ -56,6 +64,7 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
     # With --overwrite, the earlier run stops counting as finished before its first file is
     # replaced: a folder never pairs an old metrics.json with new weights, even if this run dies.
     (out / "metrics.json").unlink(missing_ok=True)
+    clock_saved = time.perf_counter()
     artifacts.save_weights(checkpoint, best_state, info)
 
     # Evaluate exactly the file just written: the recipe's own artefact, identified by its hash.
@@ -80,24 +89,31 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
         "epochs": config.epochs,
         "epochs_run": len(history.epochs),
         "best_epoch": history.best_epoch,
-        "best_val_loss": min(e["val_loss"] for e in history.epochs),
+        "best_val_loss": history.epochs[history.best_epoch - 1]["val_loss"],
+        "best_val_auc": _finite_or_none(history.epochs[history.best_epoch - 1]["val_auc"]),
         "tta_passes": {"clean": 1, "augmented": config.tta},
         "train_seconds": round(history.seconds, 2),
         "test_seconds": round(time.perf_counter() - started, 2),
+        # where this run's time went (decode is in data_and_model: first run in a process only)
+        "timings": {"data_and_model": round(setup_seconds, 3),
+                    **{k: round(v, 3) for k, v in history.timings.items()},
+                    "save_and_test": round(time.perf_counter() - clock_saved, 3)},
         "evaluated_checkpoint_sha256": file_fingerprint(checkpoint),
     }
     provenance = {
         "config": config.to_dict(),
         "recipe": recipe.to_dict(),
-        "data": {**dataset.summary(), "source": dataset.source, "split": dataset.extra.get("split"),
-                 "leakage": dataset.extra["leakage"],
-                 "train_subset_sha256": hashlib.sha256(np.asarray(subset).tobytes()).hexdigest(),
-                 "train_subset_indices": subset},
+        "data": data_provenance(dataset, subset),
         "layer_groups": {name: len(names) for name, names in layer_groups(model).as_dict().items()},
+        "pretrained_source": source_record(pretrained),  # an upstream model's file, sha256 and manifest
         "versions": artifacts.versions(),
     }
     artifacts.write_json(out / "run.json", provenance)
     artifacts.write_text(out / "history.csv", _history_csv(history))
+    thresholds = validation_thresholds(model, dataset.splits["val"], dataset.task, dataset.classes,
+                                       config.tta, config.seed)
+    artifacts.write_json(out / "thresholds.json", thresholds)
+    artifacts.write_text(out / "MODEL_CARD.md", render_model_card(provenance, metrics, thresholds))
     artifacts.write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return RunResult(metrics, model, history, out)
 
@@ -133,10 +149,12 @@ def find_lr(config: TrainConfig | None = None, /, **settings) -> dict:
     """Run the learning-rate finder for a run's settings; write ``lr_find.png`` and ``lr_find.json``."""
     config = (config or make_config(**settings)).validate()
     recipe = get_recipe(config.recipe, **config.recipe_options)
+    if recipe.model != "cnn":
+        raise ScarceError(f"Recipe '{recipe.name}' has no learning rate to find; choose a CNN recipe.")
     out = artifacts.prepare_output(Path(config.out), overwrite=True, marker="lr_find.json")
     dataset, _, train_split = prepare_data(config)
     model = build_model(config.backbone, recipe.pretrained or config.pretrained, dataset.num_outputs,
-                        recipe, config.seed)
+                        recipe, config.seed, config.size)
     sweep = lr_sweep(model, train_split, dataset.task, recipe, batch_size=config.batch_size, seed=config.seed)
     suggestion = suggest_lr(sweep["lrs"], sweep["smoothed"])
     plot_sweep(sweep, suggestion, out / "lr_find.png")
@@ -146,10 +164,19 @@ def find_lr(config: TrainConfig | None = None, /, **settings) -> dict:
     return result
 
 
-def build_model(backbone: str, pretrained: str, num_outputs: int, recipe: Recipe, seed: int) -> nn.Module:
-    """The recipe's starting model; ``seed`` decides the new head (and any re-sampled weights)."""
+def build_model(backbone: str, pretrained: str, num_outputs: int, recipe: Recipe, seed: int,
+                size: int | None = None) -> nn.Module:
+    """The recipe's starting model; ``seed`` decides the new head (and any re-sampled weights).
+
+    ``pretrained`` is imagenet, scratch, or an upstream model from ``scarce pretrain`` (a folder
+    or its .safetensors file), whose image size must equal ``size``.
+    """
     torch.manual_seed(seed)
-    model = create_model(backbone, pretrained, num_outputs, recipe.head_dropout)
+    if is_source_path(pretrained):
+        model = load_backbone(create_model(backbone, "scratch", num_outputs, recipe.head_dropout),
+                              pretrained, backbone, size)
+    else:
+        model = create_model(backbone, pretrained, num_outputs, recipe.head_dropout)
     if recipe.initialization == "weight-distribution":
         resample_weight_distribution(model, torch.Generator().manual_seed(seed))
     elif recipe.initialization != "pretrained":
@@ -157,11 +184,23 @@ def build_model(backbone: str, pretrained: str, num_outputs: int, recipe: Recipe
     return model
 
 
+def data_provenance(dataset: ImageDataset, subset: np.ndarray) -> dict:
+    """What run.json records of the data: counts, fingerprint, split, leakage report, training subset."""
+    return {**dataset.summary(), "source": dataset.source, "split": dataset.extra.get("split"),
+            "leakage": dataset.extra["leakage"],
+            "train_subset_sha256": hashlib.sha256(np.asarray(subset).tobytes()).hexdigest(),
+            "train_subset_indices": subset}
+
+
 def training_subset(dataset: ImageDataset, n: int | None, seed: int, replace: bool = False) -> np.ndarray:
     labels = dataset.splits["train"].labels
     if n is None:
         return np.arange(len(labels))
     return balanced_subset(labels, n, seed, dataset.classes, replace=replace)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if np.isfinite(value) else None
 
 
 def _counts(dataset: ImageDataset, labels: np.ndarray) -> dict[str, int]:

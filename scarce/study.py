@@ -23,6 +23,7 @@ from pathlib import Path
 from .artifacts import remove_stale_temporaries
 from .config import TrainConfig, check_fields, read_toml
 from .errors import CannotWrite, ScarceError
+from .pretrain import absolute_source, check_source, source_identity
 from .recipes import get_recipe
 
 DONE, PENDING, RUNNING, DIVERGED, FAILED = "done", "pending", "running", "diverged", "failed"
@@ -113,7 +114,13 @@ def parse_spec(raw: dict, where: str = "the study spec") -> StudySpec:
         if not recipe:
             raise ScarceError(f"{where}: recipes[{index}] needs 'recipe' (a recipe name).")
         get_recipe(recipe, **entry.get("options", {}))  # unknown names or options fail here
-        arms.append(Arm(entry.get("name", recipe), recipe, dict(entry.get("options", {})), entry.get("pretrained")))
+        pretrained = entry.get("pretrained")
+        if pretrained is not None and not isinstance(pretrained, str):
+            raise ScarceError(f"{where}: recipes[{index}].pretrained must be imagenet, scratch or a path, "
+                              f"not {pretrained!r}.")
+        # An upstream model's relative path means the folder `scarce study run` is started from.
+        arms.append(Arm(entry.get("name", recipe), recipe, dict(entry.get("options", {})),
+                        absolute_source(pretrained)))
     names = [arm.name for arm in arms]
     if len(set(names)) != len(names):
         raise ScarceError(f"{where}: two recipes are both named '{_first_repeat(names)}'; give each a distinct name.")
@@ -121,6 +128,9 @@ def parse_spec(raw: dict, where: str = "the study spec") -> StudySpec:
         if not name or "/" in name or name.startswith("."):
             raise ScarceError(f"{where}: recipe name '{name}' cannot be a folder name; choose another.")
     spec = StudySpec(arms=arms, **raw)
+    if not isinstance(spec.pretrained, str):
+        raise ScarceError(f"{where}: 'pretrained' must be imagenet, scratch or a path, not {spec.pretrained!r}.")
+    spec.pretrained = absolute_source(spec.pretrained)
     for key in ("n", "seeds"):
         values = getattr(spec, key)
         if not isinstance(values, list) or not values or not all(isinstance(v, int) for v in values):
@@ -157,6 +167,7 @@ def config_hash(config: TrainConfig) -> str:
     """What decides a cell's numbers: every setting except where it is written and how it reports."""
     settings = {k: v for k, v in config.to_dict().items() if k not in ("out", "overwrite", "progress")}
     settings["recipe_resolved"] = get_recipe(config.recipe, **config.recipe_options).to_dict()
+    settings["pretrained"] = source_identity(config.pretrained)  # an upstream model by content, not path
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -353,6 +364,7 @@ def run_study(spec_path: str | Path, out: str | Path, executor: str = "local", w
               redo_changed: bool = False, progress: bool = True) -> dict:
     """Run (or resume) a study; write its report at the end. Returns the status counts."""
     spec = load_spec(spec_path)
+    _check_sources(spec, str(spec_path))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ScarceError(f"Output path {out} is a file; give a folder for --out.")
@@ -402,6 +414,15 @@ def _status(store: Store, key) -> str:
     return store.db.execute("SELECT status FROM cells WHERE arm = ? AND n = ? AND seed = ?", key).fetchone()[0]
 
 
+def _check_sources(spec: StudySpec, where: str) -> None:
+    """Every arm's upstream model exists and fits the spec's backbone and size (before any cell runs)."""
+    for arm in spec.arms:
+        try:
+            check_source(arm.pretrained or spec.pretrained, spec.backbone, spec.size)
+        except ScarceError as error:
+            raise ScarceError(f"{where}: recipe '{arm.name}': {error}") from None
+
+
 def _prepare_shared_data(spec: StudySpec, out: Path) -> None:
     """Check the data once up front (clear errors before any cell starts) and keep the test labels."""
     from .artifacts import write_npy
@@ -410,6 +431,10 @@ def _prepare_shared_data(spec: StudySpec, out: Path) -> None:
 
     dataset = load_resized(spec.data, spec.data_dir, json.dumps(spec.data_options, sort_keys=True), spec.size)
     ensure_no_leakage(dataset, spec.allow_leakage)
+    if any(get_recipe(arm.recipe, **arm.options).model == "radiomics" for arm in spec.arms):
+        from .radiomics import split_features
+
+        split_features(dataset)  # once, into the feature cache, instead of in every cell
     labels = dataset.splits["train"].labels
     from .data import balanced_subset
 

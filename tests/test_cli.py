@@ -19,14 +19,15 @@ def test_train_writes_metrics_weights_and_provenance(data_dir, tmp_path, capsys)
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_train"] == 32 and metrics["seed"] == 1 and metrics["epochs"] == 2
-    assert metrics["recipe"] == "gradual-unfreezing"
+    assert metrics["recipe"] == "small-data"
     assert metrics["train_class_counts"] == {"normal": 16, "pneumonia": 16}
     assert 0.5 < metrics["test_auc"] <= 1.0  # pretrained features beat chance even after 2 epochs
     low, high = metrics["test_auc_ci"]
     assert low < metrics["test_auc"] < high
     assert metrics["test_n"] == 1291
     run = json.loads((out / "run.json").read_text())
-    assert run["config"]["seed"] == 1 and run["recipe"]["unfreeze_at"] == [0.2, 0.1, 0.0]
+    assert run["config"]["seed"] == 1 and run["recipe"]["unfreeze_at"] == [0.0, 0.0, 0.0]
+    assert run["recipe"]["select_by"] == "val_auc" and run["recipe"]["lr"] == 3e-3
     assert len(run["data"]["fingerprint"]) == 64 and run["data"]["counts"]["test"] == [327, 964]
     assert run["versions"]["torch"] == "2.14.1" and run["versions"]["timm"]
     assert len(run["data"]["train_subset_indices"]) == 32

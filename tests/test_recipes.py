@@ -140,3 +140,29 @@ def test_unknown_recipe_suggests_the_closest_name():
         get_recipe("regular", learning_rate=1)
     assert get_recipe("regular", lr=3e-4).lr == 3e-4
     assert math.isclose(get_recipe("gradual-unfreezing").group_ratio, 1 / 3)
+
+
+@pytest.mark.parametrize("select_by", ["val_loss", "val_auc"])
+def test_kept_epoch_follows_the_recipes_selection_rule(select_by):
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", "scratch")
+    recipe = get_recipe("scratch", select_by=select_by, lr=3e-3)
+    state, history = fit(model, synthetic_split(32, seed=0), synthetic_split(24, seed=1), "binary", recipe,
+                         epochs=4, batch_size=8, seed=0, progress=False)
+    losses = [e["val_loss"] for e in history.epochs]
+    aucs = [e["val_auc"] for e in history.epochs]
+    assert all(0.0 <= a <= 1.0 for a in aucs)
+    if select_by == "val_loss":
+        assert history.best_epoch == 1 + losses.index(min(losses))
+    else:  # highest AUC; among equal AUCs the lower loss
+        best = max(range(4), key=lambda i: (aucs[i], -losses[i]))
+        assert history.best_epoch == best + 1
+    # the returned weights are the kept epoch's, in the standard (contiguous) layout's values
+    assert set(state) == set(model.state_dict())
+    assert set(history.timings) == {"augment", "forward_backward", "validate"}
+    assert all(v > 0 for v in history.timings.values())
+
+
+def test_unknown_selection_rule_is_one_sentence():
+    with pytest.raises(ScarceError, match="select_by must be one of val_loss, val_auc"):
+        get_recipe("regular", select_by="val_accuracy")
