@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from . import artifacts
 from .config import TrainConfig
-from .data import ImageDataset, count_duplicates, file_fingerprint
+from .data import ImageDataset, file_fingerprint
 from .errors import ScarceError
 from .evaluate import probabilities, task_loss
 from .metrics import task_metrics
@@ -177,7 +177,7 @@ def train_radiomics(config: TrainConfig, recipe: Recipe):
     """A ``radiomics-lr`` run: the same subsets, metrics and files as a CNN run, where they apply
     (no history.csv: no epochs; no MODEL_CARD.md: it describes CNN models)."""
     from .decisions import choose_thresholds
-    from .run import RunResult, _counts, data_provenance, prepare_data
+    from .run import RunResult, data_provenance, prepare_data, result_metrics
     from .train import History
 
     out = artifacts.prepare_output(Path(config.out), config.overwrite)
@@ -208,15 +208,7 @@ def train_radiomics(config: TrainConfig, recipe: Recipe):
     artifacts.write_npy(out / "test_probabilities.npy", probs)
     chosen = tensors["C"].tolist()
     metrics = {
-        "test_auc": test_metrics["auc"],
-        "test_auc_ci": test_metrics["auc_ci"],
-        "test_accuracy": test_metrics["accuracy"],
-        **{f"test_{k}": v for k, v in test_metrics.items() if k not in ("auc", "auc_ci", "accuracy")},
-        "n_train": len(train_split),
-        "train_duplicates": count_duplicates(subset),
-        "train_class_counts": _counts(dataset, train_split.labels),
-        "seed": config.seed,
-        "recipe": recipe.name,
+        **result_metrics(test_metrics, dataset, train_split, subset, config.seed, recipe.name),
         "pretrained": None,
         "backbone": None,
         "epochs": None,

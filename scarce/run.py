@@ -75,15 +75,7 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
     test_metrics = task_metrics(dataset.task, test.labels, probs, seed=config.seed)
     artifacts.write_npy(out / "test_probabilities.npy", probs)
     metrics = {
-        "test_auc": test_metrics["auc"],
-        "test_auc_ci": test_metrics["auc_ci"],
-        "test_accuracy": test_metrics["accuracy"],
-        **{f"test_{k}": v for k, v in test_metrics.items() if k not in ("auc", "auc_ci", "accuracy")},
-        "n_train": len(train_split),
-        "train_duplicates": count_duplicates(subset),
-        "train_class_counts": _counts(dataset, train_split.labels),
-        "seed": config.seed,
-        "recipe": recipe.name,
+        **result_metrics(test_metrics, dataset, train_split, subset, config.seed, recipe.name),
         "pretrained": pretrained,
         "backbone": config.backbone,
         "epochs": config.epochs,
@@ -197,6 +189,22 @@ def training_subset(dataset: ImageDataset, n: int | None, seed: int, replace: bo
     if n is None:
         return np.arange(len(labels))
     return balanced_subset(labels, n, seed, dataset.classes, replace=replace)
+
+
+def result_metrics(test_metrics: dict, dataset: ImageDataset, train_split, subset: np.ndarray, seed: int,
+                   recipe_name: str) -> dict:
+    """The first keys of every run's metrics.json, CNN or radiomics: test metrics, training subset, seed, recipe."""
+    return {
+        "test_auc": test_metrics["auc"],
+        "test_auc_ci": test_metrics["auc_ci"],
+        "test_accuracy": test_metrics["accuracy"],
+        **{f"test_{k}": v for k, v in test_metrics.items() if k not in ("auc", "auc_ci", "accuracy")},
+        "n_train": len(train_split),
+        "train_duplicates": count_duplicates(subset),
+        "train_class_counts": _counts(dataset, train_split.labels),
+        "seed": seed,
+        "recipe": recipe_name,
+    }
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -22,7 +22,7 @@ from .data import Split
 from .evaluate import predict_logits, probabilities, task_loss
 from .metrics import point_auc
 from .models import GROUP_NAMES, group_modules, layer_groups
-from .recipes import Recipe, plateau_step, step_plan
+from .recipes import SELECT_BY, Recipe, plateau_step, step_plan
 
 
 class TrainingDiverged(RuntimeError):
@@ -122,7 +122,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     total, head_only_steps = epochs * per_epoch, min(epochs, recipe.head_only_epochs) * per_epoch
     labels = torch.as_tensor(train.labels)
     num_outputs = _num_outputs(model)
-    if recipe.select_by not in ("val_loss", "val_auc"):
+    if recipe.select_by not in SELECT_BY:
         raise ValueError(f"select_by must be val_loss or val_auc, not {recipe.select_by!r}")
     history, best_score, best_state = History(), (-math.inf, -math.inf), None
     started, step, lr_scale, previous_val = time.perf_counter(), 0, 1.0, None

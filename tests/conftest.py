@@ -1,5 +1,6 @@
 """Shared fixtures: the real data directory and tiny synthetic datasets for fast unit tests."""
 
+import csv
 import os
 from pathlib import Path
 
@@ -49,4 +50,19 @@ def write_npz(path: Path, task: str = "binary", classes: int = 2, sizes=(24, 16,
             labels = np.stack([(labels >= k) for k in range(1, classes)] + [labels % 2 == 0], axis=1)
         arrays[f"{split}_labels"] = labels.reshape(n, -1).astype(np.int64)
     np.savez(path, **arrays)
+    return path
+
+
+def knee_findings_table(knee: Path, path: Path) -> Path:
+    """The real knee PNGs as a multi-label table: osteophyte (KL >= 2), narrowing (KL >= 3), any (KL >= 1)."""
+    with open(knee / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "finding", "patient_id"])
+        for row in rows:
+            grade = int(row["label"][-1])
+            findings = [name for name, on in (("osteophyte", grade >= 2), ("narrowing", grade >= 3),
+                                              ("any", grade >= 1)) if on]
+            writer.writerow([str(knee / row["path"]), "|".join(findings) or "No Finding", row["patient_id"]])
     return path

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import scarce
+from conftest import knee_findings_table
 from scarce.augment import normalize, to_float
 from scarce.cli import main
 from scarce.decisions import reliability, sensitivity_threshold, youden_threshold
@@ -340,19 +341,6 @@ def test_the_command_prints_no_traceback(tmp_path):
 
 # ---------------------------------------------------------------- multi-class and multi-label models
 
-def _knee_findings_table(knee: Path, path: Path) -> Path:
-    """The real knee PNGs as a multi-label table: osteophyte (KL >= 2), narrowing (KL >= 3), any (KL >= 1)."""
-    with open(knee / "labels.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "finding", "patient_id"])
-        for row in rows:
-            grade = int(row["label"][-1])
-            findings = [name for name, on in (("osteophyte", grade >= 2), ("narrowing", grade >= 3),
-                                              ("any", grade >= 1)) if on]
-            writer.writerow([str(knee / row["path"]), "|".join(findings) or "No Finding", row["patient_id"]])
-    return path
 
 
 def test_multiclass_decides_by_argmax_and_multilabel_per_label(data_dir, tmp_path, capsys):
@@ -376,7 +364,7 @@ def test_multiclass_decides_by_argmax_and_multilabel_per_label(data_dir, tmp_pat
     assert [sum(row) for row in result["decisions"]["argmax"]["matrix"]] == [20] * 5
     assert len(result["per_class_auc"]) == 5 and result["calibration"]["of"].startswith("top-class")
 
-    table = _knee_findings_table(knee, tmp_path / "findings.csv")
+    table = knee_findings_table(knee, tmp_path / "findings.csv")
     options = ["--data-option", f"root={knee.parent.parent}", "--data-option", "label_column=finding",
                "--data-option", "label_separator=|"]
     assert main(["train", "--data", str(table), "--out", str(tmp_path / "ml"), "--n", "20", "--epochs", "1",

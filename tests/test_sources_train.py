@@ -1,12 +1,12 @@
 """`scarce train` and `scarce data inspect` work unchanged on every kind of source, on real files."""
 
-import csv
 import json
 import shutil
 
 import numpy as np
 import pytest
 
+from conftest import knee_findings_table
 from scarce.cli import main
 
 pytestmark = pytest.mark.slow
@@ -33,17 +33,7 @@ def test_train_on_a_real_folder_per_class_and_its_csv(data_dir, tmp_path, monkey
 def test_train_on_a_multilabel_csv_built_from_real_images(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("SCARCE_CACHE_DIR", str(tmp_path / "cache"))
     knee = data_dir / "samples" / "knee_png"
-    with open(knee / "labels.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    table = tmp_path / "findings.csv"
-    with open(table, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "finding", "patient_id"])
-        for row in rows:
-            grade = int(row["label"][-1])
-            findings = [name for name, on in (("osteophyte", grade >= 2), ("narrowing", grade >= 3),
-                                              ("any", grade >= 1)) if on]
-            writer.writerow([str(knee / row["path"]), "|".join(findings) or "No Finding", row["patient_id"]])
+    table = knee_findings_table(knee, tmp_path / "findings.csv")
     code = _train(table, tmp_path / "out", "--data-option", f"root={knee.parent.parent}",
                   "--data-option", "label_column=finding", "--data-option", "label_separator=|")
     assert code == 0
