@@ -17,6 +17,8 @@ from .errors import ScarceError
 CARD = "MODEL_CARD.md"
 
 
+_SELECTION = {"val_loss": "lowest validation loss", "val_auc": "highest validation AUC", "last": "the last epoch"}
+
 def markdown_text(value) -> str:
     """A user string safe inside Markdown text and table cells: one line, markup characters escaped."""
     text = re.sub(r"\s+", " ", str(value)).strip()
@@ -56,8 +58,9 @@ def render(run: dict, metrics: dict, thresholds: dict | None) -> str:
     lines += ["", "## Training", "",
               f"- Recipe: {m(metrics.get('recipe', recipe.get('name')))}: {m(recipe.get('description', ''))}",
               f"- Epochs: {metrics.get('epochs')} (ran {metrics.get('epochs_run')}), selected epoch "
-              f"{metrics.get('best_epoch')} (lowest validation loss {_number(metrics.get('best_val_loss'))}), "
-              f"batch size {config.get('batch_size')}, seed {config.get('seed')}",
+              f"{metrics.get('best_epoch')} ({_SELECTION.get(recipe.get('select_by'), 'kept')}; validation loss "
+              f"{_number(metrics.get('best_val_loss'))}), batch size {recipe.get('batch_size') or config.get('batch_size')}, "
+              f"seed {config.get('seed')}",
               f"- Test-time augmentation: 1 clean + {config.get('tta')} augmented passes", "",
               "## Performance on the test split", ""]
     lines += _metric_lines(metrics)

@@ -44,10 +44,18 @@ class Recipe:
     head_only_epochs: int = 0
     head_only_lr: float = 2e-3
     head_only_pct_start: float = 0.99
+    # Images per step; 0 = the run's --batch-size. Same epochs, so the same images seen and the
+    # same compute, in more (smaller) steps.
+    batch_size: int = 0
     mixup_alpha: float = 0.0  # MixUp with λ ~ Beta(α, α) per batch; 0 = off
     head_dropout: float = 0.0  # dropout before the classifier
+    label_smoothing: float = 0.0  # targets pulled towards uniform by this much (0 = off)
+    # Exponential moving average of the weights, updated after every step with this decay
+    # (0 = off). Validation, selection and the saved model then use the averaged weights.
+    ema_decay: float = 0.0
     # Which epoch's weights to keep: the lowest validation loss ("val_loss") or the highest
-    # validation AUC ("val_auc", ties broken by the lower loss). Loss also rewards calibration.
+    # validation AUC ("val_auc", ties broken by the lower loss), or the last epoch ("last").
+    # Loss also rewards calibration.
     select_by: str = "val_loss"
     # What is trained: "cnn" (the backbone, by the fields above) or "radiomics" (texture features
     # and a logistic regression, scarce/radiomics.py; the CNN fields do not apply).
@@ -161,7 +169,7 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in [
            "cross-validated L2 logistic regression (E1, E9).", model="radiomics"),
 ]}
 DEFAULT_RECIPE = "small-data"
-SELECT_BY = ("val_loss", "val_auc")
+SELECT_BY = ("val_loss", "val_auc", "last")
 
 
 def get_recipe(name: str, **overrides) -> Recipe:
@@ -179,6 +187,8 @@ def get_recipe(name: str, **overrides) -> Recipe:
     recipe = replace(RECIPES[name], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
     if recipe.select_by not in SELECT_BY:
         raise ScarceError(f"Recipe setting select_by must be one of {', '.join(SELECT_BY)}, not {recipe.select_by!r}.")
+    if recipe.batch_size < 0:
+        raise ScarceError(f"Recipe setting batch_size must be 0 (the run's) or more, not {recipe.batch_size}.")
     return recipe
 
 

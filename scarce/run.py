@@ -56,7 +56,7 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
     model = build_model(config.backbone, pretrained, dataset.num_outputs, recipe, config.seed, config.size)
     setup_seconds = time.perf_counter() - clock
     best_state, history = fit(model, train_split, dataset.splits["val"], dataset.task, recipe,
-                              config.epochs, config.batch_size, config.seed, progress=config.progress)
+                              config.epochs, recipe.batch_size or config.batch_size, config.seed, progress=config.progress)
     info = {"backbone": config.backbone, "num_outputs": dataset.num_outputs, "task": dataset.task,
             "classes": dataset.classes, "size": config.size, "recipe": recipe.name,
             "drop_rate": recipe.head_dropout}

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .augment import Augmentation, normalize, to_float
@@ -104,7 +105,9 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     """Train ``model`` in place; return the best epoch's weights and the history.
 
     The best epoch is the one with the lowest validation loss, or with ``recipe.select_by =
-    "val_auc"`` the highest validation AUC (ties: the lower loss).
+    "val_auc"`` the highest validation AUC (ties: the lower loss), or with ``"last"`` the last.
+    With ``recipe.ema_decay > 0`` an exponential moving average of the weights (parameters and
+    BatchNorm statistics) follows every step, and it is what is validated and returned.
 
     One optimizer lives for the whole run (its state persists across epochs and unfreezing).
     The model is moved to the channels_last memory format (faster; same weights, only their layout).
@@ -123,7 +126,10 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     labels = torch.as_tensor(train.labels)
     num_outputs = _num_outputs(model)
     if recipe.select_by not in SELECT_BY:
-        raise ValueError(f"select_by must be val_loss or val_auc, not {recipe.select_by!r}")
+        raise ValueError(f"select_by must be one of {', '.join(SELECT_BY)}, not {recipe.select_by!r}")
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True) \
+        if recipe.ema_decay > 0 else None
+    evaluated = model if ema is None else ema.module
     history, best_score, best_state = History(), (-math.inf, -math.inf), None
     started, step, lr_scale, previous_val = time.perf_counter(), 0, 1.0, None
     bar = tqdm(total=total, desc="training", unit="step", disable=not progress, leave=False)
@@ -147,6 +153,8 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
             if augmentation is not None:
                 images = augmentation(images, generator)
             targets = targets_for(task, labels[index], num_outputs)
+            if recipe.label_smoothing > 0:
+                targets = smooth(task, targets, recipe.label_smoothing)
             if recipe.mixup_alpha > 0:
                 images, targets = mixup(images, targets, recipe.mixup_alpha, mixup_rng, generator)
             clock = _lap(history.timings, "augment", clock)
@@ -157,23 +165,26 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             _lap(history.timings, "forward_backward", clock)
             if on_step is not None:
                 on_step(step, model, optimizer)
             running, seen, step = running + loss.item() * len(index), seen + len(index), step + 1
             bar.update()
         clock = time.perf_counter()
-        val_logits = predict_logits(model, val.images, batch_size=256)
+        val_logits = predict_logits(evaluated, val.images, batch_size=256)
         val_loss = task_loss(task, val_logits, torch.as_tensor(val.labels)).item()
         val_auc = point_auc(task, val.labels, probabilities(task, val_logits).numpy())
         record = {"epoch": epoch + 1, "train_loss": running / seen, "val_loss": val_loss,
                   "val_auc": math.nan if val_auc is None else val_auc, "lr": optimizer.param_groups[-1]["lr"]}
         history.epochs.append(record)
         bar.set_postfix(val_loss=f"{val_loss:.4f}")
-        score = (-val_loss, 0.0) if recipe.select_by == "val_loss" else (val_auc or -math.inf, -val_loss)
+        score = {"val_loss": (-val_loss, 0.0), "val_auc": (val_auc or -math.inf, -val_loss),
+                 "last": (epoch, 0.0)}[recipe.select_by]
         if math.isfinite(val_loss) and score > best_score:
             best_score, history.best_epoch = score, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
         _lap(history.timings, "validate", clock)
         if recipe.schedule == "plateau":
             lr_scale = plateau_step(lr_scale * recipe.lr, previous_val, val_loss, recipe) / recipe.lr
@@ -210,6 +221,12 @@ def soft_target_loss(task: str, logits: torch.Tensor, targets: torch.Tensor) -> 
     if task == "multiclass":
         return F.cross_entropy(logits, targets)
     return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def smooth(task: str, targets: torch.Tensor, amount: float) -> torch.Tensor:
+    """Label smoothing: targets moved ``amount`` of the way towards 1/K (multi-class) or 1/2."""
+    uniform = 1.0 / targets.shape[1] if task == "multiclass" else 0.5
+    return targets * (1 - amount) + amount * uniform
 
 
 def mixup(images: torch.Tensor, targets: torch.Tensor, alpha: float, rng: np.random.Generator,

@@ -107,7 +107,8 @@ def test_model_card_describes_data_metrics_thresholds_and_limits(run, tmp_path, 
                      f"AUC: {metrics['test_auc']:.4f} (95% bootstrap CI {low:.4f}–{high:.4f})",
                      "Training subset: 40 images (normal 20, pneumonia 20), seed 0",
                      record["data"]["fingerprint"], "| test | 327 | 964 |", "Recipe: small-data",
-                     f"| youden | pneumonia | {youden:.4f} |", "| torch | 2.14.1 |"):
+                     f"| youden | pneumonia | {youden:.4f} |", "| torch | 2.14.1 |",
+                     f"selected epoch {metrics['best_epoch']} (highest validation AUC; validation loss"):
         assert expected in card
     # Regenerated from the folder's records alone, it is the same text.
     copy = tmp_path / "copy"

@@ -8,7 +8,7 @@ import torch
 from scarce.errors import ScarceError
 from scarce.models import create_model, layer_groups
 from scarce.recipes import get_recipe, one_cycle, plateau_step, trainable_groups
-from scarce.train import fit, make_optimizer, steps_per_epoch
+from scarce.train import fit, make_optimizer, smooth, steps_per_epoch
 
 from conftest import synthetic_split
 
@@ -142,7 +142,7 @@ def test_unknown_recipe_suggests_the_closest_name():
     assert math.isclose(get_recipe("gradual-unfreezing").group_ratio, 1 / 3)
 
 
-@pytest.mark.parametrize("select_by", ["val_loss", "val_auc"])
+@pytest.mark.parametrize("select_by", ["val_loss", "val_auc", "last"])
 def test_kept_epoch_follows_the_recipes_selection_rule(select_by):
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0", "scratch")
@@ -154,6 +154,8 @@ def test_kept_epoch_follows_the_recipes_selection_rule(select_by):
     assert all(0.0 <= a <= 1.0 for a in aucs)
     if select_by == "val_loss":
         assert history.best_epoch == 1 + losses.index(min(losses))
+    elif select_by == "last":
+        assert history.best_epoch == 4
     else:  # highest AUC; among equal AUCs the lower loss
         best = max(range(4), key=lambda i: (aucs[i], -losses[i]))
         assert history.best_epoch == best + 1
@@ -164,5 +166,35 @@ def test_kept_epoch_follows_the_recipes_selection_rule(select_by):
 
 
 def test_unknown_selection_rule_is_one_sentence():
-    with pytest.raises(ScarceError, match="select_by must be one of val_loss, val_auc"):
+    with pytest.raises(ScarceError, match="select_by must be one of val_loss, val_auc, last"):
         get_recipe("regular", select_by="val_accuracy")
+
+
+def test_weight_average_follows_every_step_and_is_what_is_returned():
+    """ema_decay d: after the first step the average is the weights, then avg ← d·avg + (1-d)·w,
+    for parameters and BatchNorm statistics alike; the kept state is the average, not the model."""
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", "scratch")
+    recipe = get_recipe("scratch", ema_decay=0.8, select_by="last")
+    names = ["conv_stem.weight", "bn1.running_mean", "classifier.bias"]
+    expected = {}
+
+    def follow(step, model, optimizer):
+        state = model.state_dict()
+        for name in names:
+            weights = state[name].detach().clone()
+            expected[name] = weights if step == 0 else 0.8 * expected[name] + 0.2 * weights
+
+    state, history = fit(model, synthetic_split(32, seed=0), synthetic_split(16, seed=1), "binary", recipe,
+                         epochs=2, batch_size=8, seed=0, progress=False, on_step=follow)
+    for name in names:
+        torch.testing.assert_close(state[name], expected[name], rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(state[name], model.state_dict()[name])  # the average, not the last weights
+
+
+def test_label_smoothing_moves_targets_towards_uniform():
+    binary = torch.tensor([[1.0], [0.0]])
+    assert torch.allclose(smooth("binary", binary, 0.1), torch.tensor([[0.95], [0.05]]))
+    onehot = torch.tensor([[0.0, 1.0, 0.0]])
+    assert torch.allclose(smooth("multiclass", onehot, 0.3), torch.tensor([[0.1, 0.8, 0.1]]))
+    assert torch.allclose(smooth("multilabel", torch.tensor([[1.0, 0.0]]), 0.2), torch.tensor([[0.9, 0.1]]))
