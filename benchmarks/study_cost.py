@@ -6,7 +6,7 @@ forward/backward/optimizer step, validation after each epoch, and saving plus th
 TTA. Whatever else a cell's wall time holds (writing run.json, starting the process, the study's
 own bookkeeping) is shown as "other". Prints a table and writes JSON.
 
-    python benchmarks/study_cost.py examples/e4.quick.toml --out runs/cost-e4-quick --workers 2 \
+    python benchmarks/study_cost.py examples/e4-quick.toml --out runs/cost-e4-quick --workers 2 \
         --json docs/examples/study-cost-e4-quick.json
 
 A resumed study only times the cells it ran now; the wall time is of this invocation.
