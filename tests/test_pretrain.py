@@ -14,13 +14,14 @@ from safetensors.torch import load_file
 import scarce.run as run_module
 from scarce.artifacts import save_weights
 from scarce.cli import main
+from scarce.data import load_dataset
 from scarce.errors import ScarceError
 from scarce.models import create_model, layer_groups
 from scarce.pretrain import BACKBONE_FILE, MANIFEST_FILE, pretrain, source_identity
 from scarce.recipes import get_recipe
 from scarce.study import config_hash, parse_spec, run_study
 
-from conftest import write_npz
+from conftest import knee_findings_table, write_npz
 
 
 def fake_upstream(folder, backbone="efficientnet_lite0", size=64, **info):
@@ -200,6 +201,35 @@ def test_an_excluded_multilabel_column_is_dropped_from_the_targets(tmp_path, mon
     assert seen["task"] == "multilabel" and seen["outputs"] == 3
     assert np.array_equal(seen["train"].labels, original[:, [0, 2, 3]])  # every image, minus the column
     assert original[:, 1].any()  # the dropped label was there to drop
+
+
+@pytest.mark.slow
+def test_a_real_multilabel_upstream_trains_without_the_held_out_finding(data_dir, tmp_path, monkeypatch):
+    """The paper's "diseases without the target" arm on real images: the knee PNGs as a findings
+    table (osteophyte, narrowing, any); `narrowing` is held out, the upstream trains on the rest."""
+    monkeypatch.setenv("SCARCE_CACHE_DIR", str(tmp_path / "cache"))
+    knee = data_dir / "samples" / "knee_png"
+    table = knee_findings_table(knee, tmp_path / "findings.csv")
+    options = {"root": str(knee.parent.parent), "label_column": "finding", "label_separator": "|", "size": 32}
+    full = load_dataset(table, **options)
+    assert "narrowing" in full.classes and full.task == "multilabel"
+    seen = {}
+    capture_fit(monkeypatch, seen)
+    args = ["pretrain", "--data", str(table), "--out", str(tmp_path / "up"), "--size", "32", "--epochs", "1",
+            "--exclude-label", "narrowing", "--threads", "1", "--no-progress", "--pretrained", "scratch"]
+    for key, value in options.items():
+        args += ["--data-option", f"{key}={value}"]
+    assert main(args) == 0
+    keep = [i for i, name in enumerate(full.classes) if name != "narrowing"]
+    assert seen["task"] == "multilabel" and seen["outputs"] == 2
+    for split in ("train", "val"):  # every image stays; only the held-out column is gone
+        assert torch.equal(seen[split].images, full.splits[split].images.expand(-1, 3, -1, -1))  # gray → 3 channels
+        assert np.array_equal(seen[split].labels, full.splits[split].labels[:, keep])
+    assert full.splits["train"].labels[:, full.classes.index("narrowing")].any()  # it was there to drop
+    manifest = json.loads((tmp_path / "up" / MANIFEST_FILE).read_text())
+    assert manifest["source"]["excluded_labels"] == ["narrowing"]
+    assert sorted(manifest["source"]["classes"]) == sorted(full.classes[i] for i in keep)
+    assert (tmp_path / "up" / BACKBONE_FILE).exists()
 
 
 def test_excluded_labels_are_recorded_in_the_manifest(tmp_path):
