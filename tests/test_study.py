@@ -249,3 +249,21 @@ def test_progress_shows_done_total_current_cell_and_eta(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "[2/4] running plain n=8 seed=0" in err
     assert "[2/4] plain n=8 seed=0: AUC 0.812; ETA" in err
+
+
+@pytest.mark.parametrize("spec", sorted((Path(__file__).parents[1] / "examples").glob("*.toml"))
+                         + sorted((Path(__file__).parents[1] / "benchmarks").glob("*.toml")), ids=lambda p: p.name)
+def test_every_bundled_spec_parses_with_known_recipes_and_options(spec):
+    import tomllib
+
+    from scarce.config import make_config
+    from scarce.recipes import get_recipe
+
+    raw = tomllib.loads(spec.read_text())
+    if "recipes" not in raw:  # a `scarce train --config` file, not a study
+        config = make_config(spec)
+        assert get_recipe(config.recipe).name == config.recipe
+        return
+    parsed = parse_spec(raw, where=spec.name)  # unknown recipes, options or fields would raise
+    names = [arm.name for arm in parsed.arms]
+    assert len(names) == len(set(names)) >= 1
