@@ -8,6 +8,9 @@ interruption) and prints mean test AUC ± 95% t-interval per arm and N, and the 
 of the default recipe against the best peer at each N.
 
     python benchmarks/accuracy.py --workers 2 --out runs/bench-accuracy --json runs/bench-accuracy.json
+
+With `--external FILE.json` (from benchmarks/fastai_peer.py: real fastai on the same subsets),
+those arms join the table and count as peers in the paired comparison.
 """
 
 from __future__ import annotations
@@ -86,6 +89,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="runs/bench-accuracy")
     parser.add_argument("--json", help="write the table here")
+    parser.add_argument("--external", nargs="+", default=[], metavar="JSON",
+                        help="peer arms run outside scarce on the same subsets, as written by "
+                             "benchmarks/fastai_peer.py (real fastai); they join the table and the comparison")
     args = parser.parse_args()
     out = Path(args.out)
     spec = out.parent / f"{out.name}.toml"
@@ -96,9 +102,14 @@ def main() -> None:
         results = study_results(store, study_spec)
     finally:
         store.close()
-    result = table(results, DEFAULT_RECIPE, args.peers)
+    external = [{**cell, "recipe": cell["variant"]} for path in args.external
+                for cell in json.loads(Path(path).read_text())["cells"]]
+    outside = list(dict.fromkeys(cell["recipe"] for cell in external))
+    results = results + external
+    result = table(results, DEFAULT_RECIPE, [*args.peers, *outside])
     result["settings"] = vars(args)
-    show(result, [DEFAULT_RECIPE, *args.peers])
+    result["cells"] = [{k: cell.get(k) for k in ("recipe", "n", "seed", "status", "test_auc")} for cell in results]
+    show(result, [DEFAULT_RECIPE, *args.peers, *outside])
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
 
