@@ -19,6 +19,7 @@ CARD = "MODEL_CARD.md"
 
 _SELECTION = {"val_loss": "lowest validation loss", "val_auc": "highest validation AUC", "last": "the last epoch"}
 
+
 def markdown_text(value) -> str:
     """A user string safe inside Markdown text and table cells: one line, markup characters escaped."""
     text = re.sub(r"\s+", " ", str(value)).strip()

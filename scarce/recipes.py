@@ -65,6 +65,10 @@ class Recipe:
         """Peak learning rate per layer group: lr·ratio², lr·ratio, lr."""
         return {"early": self.lr * self.group_ratio ** 2, "late": self.lr * self.group_ratio, "head": self.lr}
 
+    def batch_size_for(self, run_batch_size: int) -> int:
+        """Images per step: the recipe's own batch size, or the run's when it has none."""
+        return self.batch_size or run_batch_size
+
     def to_dict(self) -> dict:
         return asdict(self)
 

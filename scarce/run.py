@@ -56,7 +56,7 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
     model = build_model(config.backbone, pretrained, dataset.num_outputs, recipe, config.seed, config.size)
     setup_seconds = time.perf_counter() - clock
     best_state, history = fit(model, train_split, dataset.splits["val"], dataset.task, recipe,
-                              config.epochs, recipe.batch_size or config.batch_size, config.seed, progress=config.progress)
+                              config.epochs, recipe.batch_size_for(config.batch_size), config.seed, progress=config.progress)
     info = {"backbone": config.backbone, "num_outputs": dataset.num_outputs, "task": dataset.task,
             "classes": dataset.classes, "size": config.size, "recipe": recipe.name,
             "drop_rate": recipe.head_dropout}
@@ -147,7 +147,8 @@ def find_lr(config: TrainConfig | None = None, /, **settings) -> dict:
     dataset, _, train_split = prepare_data(config)
     model = build_model(config.backbone, recipe.pretrained or config.pretrained, dataset.num_outputs,
                         recipe, config.seed, config.size)
-    sweep = lr_sweep(model, train_split, dataset.task, recipe, batch_size=config.batch_size, seed=config.seed)
+    sweep = lr_sweep(model, train_split, dataset.task, recipe, batch_size=recipe.batch_size_for(config.batch_size),
+                     seed=config.seed)
     suggestion = suggest_lr(sweep["lrs"], sweep["smoothed"])
     plot_sweep(sweep, suggestion, out / "lr_find.png")
     result = {"suggested_lr": suggestion, "rule": "steepest descent of the smoothed loss before its minimum",
