@@ -3,7 +3,9 @@
 One affine resampling per batch applies, per image, a rotation in ±``rotation`` degrees, a
 horizontal flip with probability 0.5 and an integer shift of up to ``shift`` pixels with black
 fill: the shift is exactly a random crop after ``shift`` pixels of zero padding. Doing it as
-one ``grid_sample`` call keeps per-image Python out of the training loop.
+one ``grid_sample`` call keeps per-image Python out of the training loop. Optional (off by
+default): a zoom by a factor in 1 ± ``zoom``, and, before the resampling, a contrast factor in
+1 ± ``contrast`` around each image's mean and a brightness offset in ± ``brightness``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ class Augmentation:
     rotation: float = 10.0  # degrees, uniform in [-rotation, rotation]
     flip: bool = True  # horizontal flip with probability 0.5
     shift: int = 4  # pixels; random crop with this much zero padding
+    zoom: float = 0.0  # scale factor uniform in [1 - zoom, 1 + zoom]
+    brightness: float = 0.0  # offset uniform in [-brightness, brightness] (images are 0..1)
+    contrast: float = 0.0  # factor uniform in [1 - contrast, 1 + contrast] around the image mean
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return augment(images, self, generator)
@@ -38,6 +43,16 @@ def augment(images: torch.Tensor, policy: Augmentation, generator: torch.Generat
     shift_x = torch.randint(-policy.shift, policy.shift + 1, (batch,), generator=generator).float()
     shift_y = torch.randint(-policy.shift, policy.shift + 1, (batch,), generator=generator).float()
     cos, sin = torch.cos(angle), torch.sin(angle)
+    # The optional parts draw their random numbers after the others, and only when switched on,
+    # so the default policy's views do not change.
+    if policy.zoom:
+        scale = 1 + uniform() * policy.zoom  # output pixel → input pixel: zoom in when scale > 1
+        cos, sin = cos / scale, sin / scale
+    if policy.contrast or policy.brightness:
+        view = (batch, 1, 1, 1)
+        mean = images.mean(dim=(1, 2, 3), keepdim=True)
+        images = (images - mean) * (1 + uniform().view(view) * policy.contrast) + mean
+        images = (images + uniform().view(view) * policy.brightness).clamp(0, 1)
     # affine_grid maps output to input coordinates in [-1, 1]; a pixel is 2/size of that range.
     theta = torch.stack([
         torch.stack([cos * flip, -sin, shift_x * 2 / width], dim=1),

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .artifacts import atomic_write
-from .augment import Augmentation, normalize, to_float
+from .augment import normalize, to_float
 from .data import Split
 from .models import GROUP_NAMES
 from .train import GroupFreezer, batches, make_optimizer, soft_target_loss, targets_for
@@ -37,7 +37,7 @@ def lr_sweep(model: nn.Module, train: Split, task: str, recipe, start: float = 1
         num_outputs = model.get_classifier().out_features
         factor = (end / start) ** (1 / max(1, steps - 1))
         lrs, raw, smooth, average, best = [], [], [], 0.0, np.inf
-        augmentation = Augmentation()
+        augmentation = recipe.augmentation()
         while len(lrs) < steps:
             for index in batches(len(train), batch_size, generator):
                 lr = start * factor ** len(lrs)

@@ -59,7 +59,8 @@ def render(run: dict, metrics: dict, thresholds: dict | None) -> str:
     lines += ["", "## Training", "",
               f"- Recipe: {m(metrics.get('recipe', recipe.get('name')))}: {m(recipe.get('description', ''))}",
               f"- Epochs: {metrics.get('epochs')} (ran {metrics.get('epochs_run')}), selected epoch "
-              f"{metrics.get('best_epoch')} ({_SELECTION.get(recipe.get('select_by'), 'kept')}; validation loss "
+              f"{metrics.get('best_epoch')} ({_SELECTION.get(recipe.get('select_by'), 'kept')}"
+              f"{_soup_text(metrics)}; validation loss "
               f"{_number(metrics.get('best_val_loss'))}), batch size {recipe.get('batch_size') or config.get('batch_size')}, "
               f"seed {config.get('seed')}",
               f"- Test-time augmentation: 1 clean + {config.get('tta')} augmented passes", "",
@@ -160,3 +161,8 @@ def _read(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ScarceError(f"{path} is not readable JSON ({error}).") from None
+
+
+def _soup_text(metrics: dict) -> str:
+    kept = metrics.get("kept_epochs") or []
+    return f", averaged with epochs {', '.join(str(e) for e in kept[1:])} (greedy weight soup)" if len(kept) > 1 else ""

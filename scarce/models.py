@@ -23,25 +23,29 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def create_model(backbone: str, pretrained: str = "imagenet", num_outputs: int = 1,
-                 drop_rate: float = 0.0) -> nn.Module:
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> nn.Module:
     """A timm model with a new head of ``num_outputs`` logits and the requested weights.
 
-    ``drop_rate`` is dropout on the pooled features, before the classifier.
+    ``drop_rate`` is dropout on the pooled features, before the classifier; ``drop_path_rate``
+    is timm's stochastic depth (both act in training only).
     """
+    regularizers = {"drop_rate": drop_rate}
+    if drop_path_rate:  # only models with residual blocks take it
+        regularizers["drop_path_rate"] = drop_path_rate
     if backbone not in timm.list_models():
         suggestions = timm.list_models(f"*{backbone.split('_')[0]}*")[:5]
         hint = f" Similar names: {', '.join(suggestions)}." if suggestions else ""
         raise ScarceError(f"Unknown backbone '{backbone}'; give a timm model name.{hint}")
     if pretrained == "scratch":
-        return timm.create_model(backbone, pretrained=False, num_classes=num_outputs, drop_rate=drop_rate)
+        return timm.create_model(backbone, pretrained=False, num_classes=num_outputs, **regularizers)
     if pretrained != "imagenet":
         raise ScarceError(f"Unknown pretrained source '{pretrained}'; use one of {', '.join(PRETRAINED_SOURCES)}.")
     if backbone == "efficientnet_lite0":
-        model = timm.create_model(backbone, pretrained=False, drop_rate=drop_rate)
+        model = timm.create_model(backbone, pretrained=False, **regularizers)
         model.load_state_dict(efficientnet_lite0_imagenet_weights(model))
     else:
         try:
-            model = timm.create_model(backbone, pretrained=True, drop_rate=drop_rate)
+            model = timm.create_model(backbone, pretrained=True, **regularizers)
         except Exception as error:  # timm raises many kinds (HTTP, HF hub, file) when weights are absent
             raise ScarceError(
                 f"ImageNet weights for '{backbone}' are neither cached nor downloadable here "

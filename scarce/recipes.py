@@ -11,6 +11,7 @@ import difflib
 import math
 from dataclasses import asdict, dataclass, replace
 
+from .augment import Augmentation
 from .errors import ScarceError
 from .models import GROUP_NAMES
 
@@ -47,8 +48,28 @@ class Recipe:
     # Images per step; 0 = the run's --batch-size. Same epochs, so the same images seen and the
     # same compute, in more (smaller) steps.
     batch_size: int = 0
+    # Sharpness-aware minimisation: each step's gradient is taken at the weights moved this far
+    # (L2) uphill, which favours flat minima; 0 = off. Twice the forward/backward work per step.
+    sam_rho: float = 0.0
+    # Augmentation on top of the fixed rotation ±10°, flip and 4-pixel shift (scarce/augment.py):
+    # zoom factor 1 ± zoom, brightness offset ± brightness (0..1 images), contrast factor 1 ± contrast.
+    zoom: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
     mixup_alpha: float = 0.0  # MixUp with λ ~ Beta(α, α) per batch; 0 = off
     head_dropout: float = 0.0  # dropout before the classifier
+    # How the new head starts: "random" (timm's initialisation) or "linear-probe": a logistic
+    # regression fitted to the starting model's features of the clean training images (LP-FT,
+    # Kumar et al. 2022), so fine-tuning starts from a head that already fits them.
+    head_init: str = "random"
+    drop_path: float = 0.0  # stochastic depth: each residual block skipped with up to this probability
+    # Keep every BatchNorm layer's running statistics as loaded (ImageNet's or the upstream
+    # model's) instead of re-estimating them from small training batches; its weights still train.
+    keep_batchnorm_statistics: bool = False
+    # Before each validation, re-estimate the BatchNorm running statistics from the clean
+    # (un-augmented) training images, as one pass (torch's swa_utils.update_bn), instead of the
+    # moving average of the last augmented batches.
+    recompute_batchnorm: bool = False
     label_smoothing: float = 0.0  # targets pulled towards uniform by this much (0 = off)
     # Exponential moving average of the weights, updated after every step with this decay
     # (0 = off). Validation, selection and the saved model then use the averaged weights.
@@ -57,6 +78,10 @@ class Recipe:
     # validation AUC ("val_auc", ties broken by the lower loss), or the last epoch ("last").
     # Loss also rewards calibration.
     select_by: str = "val_loss"
+    # Greedy weight soup: the kept epoch's weights are averaged with those of the next-best epochs
+    # (up to this many epochs in all, best first), each joining only if the average's validation
+    # score by ``select_by`` does not get worse. 0 or 1 = off. One model, no extra inference cost.
+    soup: int = 0
     # What is trained: "cnn" (the backbone, by the fields above) or "radiomics" (texture features
     # and a logistic regression, scarce/radiomics.py; the CNN fields do not apply).
     model: str = "cnn"
@@ -68,6 +93,10 @@ class Recipe:
     def batch_size_for(self, run_batch_size: int) -> int:
         """Images per step: the recipe's own batch size, or the run's when it has none."""
         return self.batch_size or run_batch_size
+
+    def augmentation(self) -> Augmentation:
+        """The training augmentation: the standard policy plus the recipe's zoom, brightness, contrast."""
+        return Augmentation(zoom=self.zoom, brightness=self.brightness, contrast=self.contrast)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -174,6 +203,7 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in [
 ]}
 DEFAULT_RECIPE = "small-data"
 SELECT_BY = ("val_loss", "val_auc", "last")
+HEAD_INITS = ("random", "linear-probe")
 
 
 def get_recipe(name: str, **overrides) -> Recipe:
@@ -191,6 +221,10 @@ def get_recipe(name: str, **overrides) -> Recipe:
     recipe = replace(RECIPES[name], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
     if recipe.select_by not in SELECT_BY:
         raise ScarceError(f"Recipe setting select_by must be one of {', '.join(SELECT_BY)}, not {recipe.select_by!r}.")
+    if recipe.head_init not in HEAD_INITS:
+        raise ScarceError(f"Recipe setting head_init must be one of {', '.join(HEAD_INITS)}, not {recipe.head_init!r}.")
+    if recipe.soup > 1 and recipe.select_by == "last":
+        raise ScarceError("Recipe setting soup needs select_by val_loss or val_auc to rank epochs, not 'last'.")
     if recipe.batch_size < 0:
         raise ScarceError(f"Recipe setting batch_size must be 0 (the run's) or more, not {recipe.batch_size}.")
     return recipe

@@ -56,7 +56,8 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
     model = build_model(config.backbone, pretrained, dataset.num_outputs, recipe, config.seed, config.size)
     setup_seconds = time.perf_counter() - clock
     best_state, history = fit(model, train_split, dataset.splits["val"], dataset.task, recipe,
-                              config.epochs, recipe.batch_size_for(config.batch_size), config.seed, progress=config.progress)
+                              config.epochs, recipe.batch_size_for(config.batch_size), config.seed,
+                              augmentation=recipe.augmentation(), progress=config.progress)
     info = {"backbone": config.backbone, "num_outputs": dataset.num_outputs, "task": dataset.task,
             "classes": dataset.classes, "size": config.size, "recipe": recipe.name,
             "drop_rate": recipe.head_dropout}
@@ -81,8 +82,9 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
         "epochs": config.epochs,
         "epochs_run": len(history.epochs),
         "best_epoch": history.best_epoch,
-        "best_val_loss": history.epochs[history.best_epoch - 1]["val_loss"],
-        "best_val_auc": _finite_or_none(history.epochs[history.best_epoch - 1]["val_auc"]),
+        "kept_epochs": history.kept_epochs,  # more than one: a weight soup of those epochs
+        "best_val_loss": history.kept_val["val_loss"],
+        "best_val_auc": _finite_or_none(history.kept_val["val_auc"]),
         "tta_passes": {"clean": 1, "augmented": config.tta},
         "train_seconds": round(history.seconds, 2),
         "test_seconds": round(time.perf_counter() - started, 2),
@@ -166,10 +168,10 @@ def build_model(backbone: str, pretrained: str, num_outputs: int, recipe: Recipe
     """
     torch.manual_seed(seed)
     if is_source_path(pretrained):
-        model = load_backbone(create_model(backbone, "scratch", num_outputs, recipe.head_dropout),
+        model = load_backbone(create_model(backbone, "scratch", num_outputs, recipe.head_dropout, recipe.drop_path),
                               pretrained, backbone, size)
     else:
-        model = create_model(backbone, pretrained, num_outputs, recipe.head_dropout)
+        model = create_model(backbone, pretrained, num_outputs, recipe.head_dropout, recipe.drop_path)
     if recipe.initialization == "weight-distribution":
         resample_weight_distribution(model, torch.Generator().manual_seed(seed))
     elif recipe.initialization != "pretrained":

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from tqdm.auto import tqdm
 
 from .augment import Augmentation, normalize, to_float
@@ -36,6 +36,10 @@ class History:
 
     epochs: list[dict] = field(default_factory=list)
     best_epoch: int = -1
+    # The epochs whose weights were averaged into the kept model (a soup; else just best_epoch),
+    # and that model's validation loss and AUC.
+    kept_epochs: list[int] = field(default_factory=list)
+    kept_val: dict = field(default_factory=dict)
     seconds: float = 0.0
     # Where the training time went: batch assembly + augmentation, forward/backward/step,
     # validation after each epoch (seconds).
@@ -90,9 +94,14 @@ class GroupFreezer:
                 parameter.requires_grad_(on)
 
     def set_train_mode(self) -> None:
-        """model.train(), except BatchNorm layers of frozen groups keep their statistics."""
+        """model.train(), except BatchNorm layers of frozen groups (or, with the recipe's
+        ``keep_batchnorm_statistics``, all of them) keep their statistics."""
         self.model.train()
-        if self.recipe.frozen_batchnorm and self.state:
+        if self.recipe.keep_batchnorm_statistics:
+            for norms in self.norms.values():
+                for norm in norms:
+                    norm.eval()
+        elif self.recipe.frozen_batchnorm and self.state:
             for group, on in self.state.items():
                 if not on:
                     for norm in self.norms[group]:
@@ -117,6 +126,8 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     # convolutions about 1.6x faster in this layout (benchmarks/throughput.py); the input batches
     # stay NCHW and each convolution follows its weight's layout.
     model.to(memory_format=torch.channels_last)
+    if recipe.head_init == "linear-probe":
+        linear_probe_head(model, train, task)
     generator = torch.Generator().manual_seed(seed)
     mixup_rng = np.random.default_rng(seed)
     optimizer = make_optimizer(model, recipe)[0]
@@ -130,7 +141,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True) \
         if recipe.ema_decay > 0 else None
     evaluated = model if ema is None else ema.module
-    history, best_score, best_state = History(), (-math.inf, -math.inf), None
+    history, best_score, best_state, candidates = History(), (-math.inf, -math.inf), None, []
     started, step, lr_scale, previous_val = time.perf_counter(), 0, 1.0, None
     bar = tqdm(total=total, desc="training", unit="step", disable=not progress, leave=False)
     for epoch in range(epochs):
@@ -164,6 +175,9 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
                 raise TrainingDiverged(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if recipe.sam_rho > 0:
+                sharpness_aware_gradients(model, lambda: soft_target_loss(task, model(normalize(images)), targets),
+                                          recipe.sam_rho)
             optimizer.step()
             if ema is not None:
                 ema.update_parameters(model)
@@ -173,18 +187,22 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
             running, seen, step = running + loss.item() * len(index), seen + len(index), step + 1
             bar.update()
         clock = time.perf_counter()
-        val_logits = predict_logits(evaluated, val.images, batch_size=256)
-        val_loss = task_loss(task, val_logits, torch.as_tensor(val.labels)).item()
-        val_auc = point_auc(task, val.labels, probabilities(task, val_logits).numpy())
-        record = {"epoch": epoch + 1, "train_loss": running / seen, "val_loss": val_loss,
-                  "val_auc": math.nan if val_auc is None else val_auc, "lr": optimizer.param_groups[-1]["lr"]}
+        if recipe.recompute_batchnorm:
+            recompute_batchnorm(evaluated, train.images)
+        score, val_loss, val_auc = validation_score(evaluated, val, task, recipe.select_by)
+        if recipe.select_by == "last":
+            score = (epoch, 0.0)
+        record = {"epoch": epoch + 1, "train_loss": running / seen, "val_loss": val_loss, "val_auc": val_auc,
+                  "lr": optimizer.param_groups[-1]["lr"]}
         history.epochs.append(record)
         bar.set_postfix(val_loss=f"{val_loss:.4f}")
-        score = {"val_loss": (-val_loss, 0.0), "val_auc": (val_auc or -math.inf, -val_loss),
-                 "last": (epoch, 0.0)}[recipe.select_by]
+        if math.isfinite(val_loss) and recipe.soup > 1:
+            candidates = sorted([*candidates, (score, epoch + 1, _snapshot(evaluated))],
+                                key=lambda c: c[0], reverse=True)[:recipe.soup]
         if math.isfinite(val_loss) and score > best_score:
             best_score, history.best_epoch = score, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
+            best_state = _snapshot(evaluated)
+            history.kept_epochs, history.kept_val = [epoch + 1], {"val_loss": val_loss, "val_auc": val_auc}
         _lap(history.timings, "validate", clock)
         if recipe.schedule == "plateau":
             lr_scale = plateau_step(lr_scale * recipe.lr, previous_val, val_loss, recipe) / recipe.lr
@@ -192,10 +210,125 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
             if lr_scale * recipe.lr < recipe.plateau_min_lr:
                 break
     bar.close()
-    history.seconds = time.perf_counter() - started
     if best_state is None:  # every validation loss was NaN
         raise TrainingDiverged("validation loss was never finite")
+    if len(candidates) > 1:
+        clock = time.perf_counter()
+        best_state = greedy_soup(evaluated, candidates, val, task, recipe.select_by, history,
+                                 train.images if recipe.recompute_batchnorm else None)
+        _lap(history.timings, "validate", clock)
+    history.seconds = time.perf_counter() - started
     return best_state, history
+
+
+def linear_probe_head(model: nn.Module, train: Split, task: str) -> None:
+    """Set the classifier to a logistic regression (scikit-learn, L2, C = 1) fitted to the model's
+    pooled features of the clean training images: one multinomial model for multi-class, one
+    binary model per label otherwise. A label with a single class present keeps its head row."""
+    from sklearn.linear_model import LogisticRegression
+
+    model.eval()
+    with torch.no_grad():
+        features = torch.cat([model.forward_head(model.forward_features(normalize(to_float(train.images[i:i + 256]))),
+                                                 pre_logits=True) for i in range(0, len(train), 256)]).numpy()
+    classifier = model.get_classifier()
+    labels = np.asarray(train.labels)
+    with torch.no_grad():
+        if task == "multiclass":
+            if len(np.unique(labels)) == classifier.out_features:
+                probe = LogisticRegression(max_iter=2000).fit(features, labels)
+                classifier.weight.copy_(torch.as_tensor(probe.coef_))
+                classifier.bias.copy_(torch.as_tensor(probe.intercept_))
+            return
+        for k, column in enumerate(labels.reshape(len(labels), -1).T):
+            if len(np.unique(column)) == 2:
+                probe = LogisticRegression(max_iter=2000).fit(features, column)
+                classifier.weight[k].copy_(torch.as_tensor(probe.coef_[0]))
+                classifier.bias[k] = float(probe.intercept_[0])
+
+
+def sharpness_aware_gradients(model: nn.Module, compute_loss, rho: float) -> None:
+    """SAM (Foret et al. 2021): replace the gradients in ``.grad`` by those at the worst nearby point.
+
+    The trainable weights move by ``rho`` along the normalised gradient, the loss is computed and
+    differentiated there (BatchNorm statistics untouched), and the weights move back; the
+    optimizer then steps from the original weights with the new gradients.
+    """
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.norm(torch.stack([p.grad.norm() for p in params]))
+    scale = rho / (norm + 1e-12)
+    with torch.no_grad():
+        moves = [p.grad * scale for p in params]
+        for p, move in zip(params, moves):
+            p.add_(move)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running statistics = running·(1 - 0) + batch·0: unchanged
+    for p in params:
+        p.grad = None
+    compute_loss().backward()
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    with torch.no_grad():
+        for p, move in zip(params, moves):
+            p.sub_(move)
+
+
+def recompute_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> None:
+    """BatchNorm running statistics re-estimated from ``images`` (uint8, un-augmented) in one pass."""
+    with torch.no_grad():
+        batches = [normalize(to_float(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
+        update_bn(batches, model)
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def validation_score(model: nn.Module, val: Split, task: str, select_by: str) -> tuple[tuple, float, float]:
+    """The selection score of ``model`` on the validation split (higher is better: the negative
+    loss, or the AUC with the negative loss breaking ties), with its loss and AUC (NaN if undefined)."""
+    logits = predict_logits(model, val.images, batch_size=256)
+    loss = task_loss(task, logits, torch.as_tensor(val.labels)).item()
+    auc = point_auc(task, val.labels, probabilities(task, logits).numpy())
+    score = (-loss, 0.0) if select_by == "val_loss" else (auc or -math.inf, -loss)
+    return score, loss, math.nan if auc is None else auc
+
+
+def greedy_soup(model: nn.Module, candidates: list, val: Split, task: str, select_by: str,
+                history: History, batchnorm_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Greedy weight soup (Wortsman et al. 2022) over epochs of one run.
+
+    ``candidates`` are (score, epoch, weights), best first. Starting from the best epoch, each next
+    one joins the uniform average if the average's validation score does not get worse. Integer
+    buffers (BatchNorm's step counter) come from the best epoch; with ``batchnorm_images`` every
+    average's BatchNorm statistics are re-estimated from them. ``model`` ends up holding the soup.
+    """
+    best_score, _, best = candidates[0]
+    chosen = [best]
+    for score, epoch, weights in candidates[1:]:
+        _load_average(model, [*chosen, weights], batchnorm_images)
+        trial_score, loss, auc = validation_score(model, val, task, select_by)
+        if trial_score >= best_score:
+            chosen.append(weights)
+            best_score = trial_score
+            history.kept_epochs.append(epoch)
+            history.kept_val = {"val_loss": loss, "val_auc": auc}
+    _load_average(model, chosen, batchnorm_images)
+    return _snapshot(model)
+
+
+def _load_average(model: nn.Module, states: list[dict[str, torch.Tensor]], batchnorm_images) -> None:
+    model.load_state_dict(_average(states))
+    if batchnorm_images is not None:
+        recompute_batchnorm(model, batchnorm_images)
+
+
+def _average(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    first = states[0]
+    return {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v.clone()
+            for k, v in first.items()}
 
 
 def _lap(timings: dict, phase: str, since: float) -> float:

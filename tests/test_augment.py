@@ -50,3 +50,35 @@ def test_flip_and_rotation_are_applied_per_image():
 def test_normalize_uses_imagenet_statistics():
     grey = torch.full((1, 3, 2, 2), 0.485)
     assert torch.allclose(normalize(grey)[0, 0], torch.zeros(2, 2), atol=1e-6)
+
+
+def test_the_optional_parts_leave_the_default_views_unchanged_and_act_when_on():
+    images = _batch(16)
+    default = augment(images, Augmentation(), torch.Generator().manual_seed(7))
+    explicit_off = augment(images, Augmentation(zoom=0.0, brightness=0.0, contrast=0.0),
+                           torch.Generator().manual_seed(7))
+    assert torch.equal(default, explicit_off)
+
+
+def test_zoom_magnifies_around_the_centre():
+    """A centred 8x8 square under zoom 0.3: its area is scaled by factor² with factor in 0.7..1.3."""
+    square = torch.zeros(1, 3, 32, 32)
+    square[..., 12:20, 12:20] = 1.0
+    plain = Augmentation(rotation=0, flip=False, shift=0)
+    zoomed = augment(square.expand(64, -1, -1, -1), Augmentation(rotation=0, flip=False, shift=0, zoom=0.3),
+                     torch.Generator().manual_seed(8))
+    areas = zoomed[:, 0].gt(0.5).sum(dim=(1, 2)).float()
+    base = augment(square, plain)[0, 0].gt(0.5).sum().item()
+    assert base == 64
+    assert areas.min() < 64 < areas.max()  # some views shrink the square, some enlarge it
+    assert 0.7 ** 2 * 64 - 8 <= areas.min() and areas.max() <= 1.3 ** 2 * 64 + 8
+
+
+def test_brightness_and_contrast_change_each_image_differently_and_stay_in_range():
+    images = _batch(1).expand(32, -1, -1, -1)
+    policy = Augmentation(rotation=0, flip=False, shift=0, brightness=0.2, contrast=0.3)
+    out = augment(images, policy, torch.Generator().manual_seed(9))
+    assert out.min() >= 0 and out.max() <= 1
+    means = out.mean(dim=(1, 2, 3))
+    stds = out.std(dim=(1, 2, 3))
+    assert means.max() - means.min() > 0.1 and stds.max() / stds.min() > 1.2

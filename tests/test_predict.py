@@ -117,6 +117,11 @@ def test_model_card_describes_data_metrics_thresholds_and_limits(run, tmp_path, 
         shutil.copy(run / name, copy / name)
     assert main(["model-card", "--model", str(copy)]) == 0
     assert (copy / "MODEL_CARD.md").read_text() == card
+    # A weight soup (recipe option soup) names the epochs averaged into the kept model.
+    (copy / "metrics.json").write_text(json.dumps({**metrics, "kept_epochs": [metrics["best_epoch"], 3, 1]}))
+    assert main(["model-card", "--model", str(copy)]) == 0
+    assert "averaged with epochs 3, 1 (greedy weight soup); validation loss" in (copy / "MODEL_CARD.md").read_text()
+    (copy / "metrics.json").write_text(json.dumps(metrics))
     # A hostile class name and source cannot inject HTML or split the tables.
     record["data"]["classes"] = ["<script>alert(1)</script>", "a|b"]
     record["data"]["source"] = "x](javascript:alert(1)) <img src=y>"

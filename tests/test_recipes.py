@@ -1,14 +1,18 @@
 """Recipes and the training loop: schedule values, learning-rate ratios, gradual unfreezing."""
 
+import copy
 import math
 
 import pytest
 import torch
+from torch import nn
 
+from scarce.augment import normalize, to_float
 from scarce.errors import ScarceError
 from scarce.models import create_model, layer_groups
 from scarce.recipes import get_recipe, one_cycle, plateau_step, trainable_groups
-from scarce.train import fit, make_optimizer, smooth, steps_per_epoch
+from scarce.train import (History, fit, greedy_soup, linear_probe_head, make_optimizer, sharpness_aware_gradients, smooth, steps_per_epoch,
+                          validation_score)
 
 from conftest import synthetic_split
 
@@ -198,3 +202,154 @@ def test_label_smoothing_moves_targets_towards_uniform():
     onehot = torch.tensor([[0.0, 1.0, 0.0]])
     assert torch.allclose(smooth("multiclass", onehot, 0.3), torch.tensor([[0.1, 0.8, 0.1]]))
     assert torch.allclose(smooth("multilabel", torch.tensor([[1.0, 0.0]]), 0.2), torch.tensor([[0.9, 0.1]]))
+
+
+def test_greedy_soup_averages_the_best_epochs_that_do_not_hurt_validation():
+    """soup = 4: the kept weights are the uniform average of the listed epochs' weights, the first
+    being the best single epoch, all among the 4 best; the soup validates at least as well."""
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", "scratch")
+    recipe = get_recipe("scratch", select_by="val_auc", soup=4, lr=3e-3)
+    per_epoch, epoch_states = steps_per_epoch(32, 8), {}
+
+    def keep_epoch_end(step, model, optimizer):
+        if (step + 1) % per_epoch == 0:
+            epoch_states[(step + 1) // per_epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    val = synthetic_split(24, seed=1)
+    state, history = fit(model, synthetic_split(32, seed=0), val, "binary", recipe, epochs=6, batch_size=8,
+                         seed=0, progress=False, on_step=keep_epoch_end)
+    scores = {e["epoch"]: (e["val_auc"], -e["val_loss"]) for e in history.epochs}
+    top4 = sorted(scores, key=scores.get, reverse=True)[:4]
+    assert history.kept_epochs[0] == history.best_epoch == top4[0]
+    assert set(history.kept_epochs) <= set(top4)
+    for name in ["conv_stem.weight", "bn1.running_var", "classifier.bias"]:
+        expected = torch.stack([epoch_states[e][name] for e in history.kept_epochs]).mean(0)
+        torch.testing.assert_close(state[name], expected)
+    model.load_state_dict(state)
+    score, loss, auc = validation_score(model, val, "binary", "val_auc")
+    assert score >= (scores[history.best_epoch][0], scores[history.best_epoch][1])
+    assert math.isclose(history.kept_val["val_auc"], auc) and math.isclose(history.kept_val["val_loss"], loss)
+
+
+def test_soup_needs_a_validation_ranking():
+    with pytest.raises(ScarceError, match="soup needs select_by val_loss or val_auc"):
+        get_recipe("small-data", soup=3, select_by="last")
+
+
+def test_kept_batchnorm_statistics_stay_while_the_weights_train():
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", "scratch")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state, _ = fit(model, synthetic_split(32, seed=0), synthetic_split(16, seed=1), "binary",
+                   get_recipe("scratch", keep_batchnorm_statistics=True, select_by="last"), epochs=1,
+                   batch_size=16, seed=0, progress=False)
+    for name in ["bn1.running_mean", "blocks.3.0.bn2.running_var"]:
+        assert torch.equal(state[name], before[name])
+    assert not torch.equal(state["bn1.weight"], before["bn1.weight"])
+
+
+def test_drop_path_reaches_the_backbones_blocks():
+    model = create_model("efficientnet_lite0", "scratch", drop_path_rate=0.2)
+    rates = [block.drop_path.drop_prob for stage in model.blocks for block in stage
+             if hasattr(block.drop_path, "drop_prob")]
+    assert rates and max(rates) == pytest.approx(0.2, abs=0.03) and min(rates) > 0
+
+
+def test_greedy_soup_adds_an_epoch_only_when_the_average_validates_no_worse():
+    """Three 'epochs' of a linear model on brightness: averaging the best with the second lowers
+    the validation loss (it joins); adding the third raises it again (it stays out)."""
+    val = synthetic_split(24, seed=1)
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 1))
+
+    def weights(w, b):
+        return {"2.weight": torch.full((1, 3), float(w)), "2.bias": torch.tensor([float(b)])}
+
+    candidates = []
+    for epoch, (w, b) in enumerate([(2, -4), (2, 0), (2, 4)], start=1):
+        model.load_state_dict(weights(w, b))
+        candidates.append((validation_score(model, val, "binary", "val_loss")[0], epoch, weights(w, b)))
+    assert [c[1] for c in sorted(candidates, key=lambda c: c[0], reverse=True)] == [1, 2, 3]
+    history = History(kept_epochs=[1])
+    soup = greedy_soup(model, candidates, val, "binary", "val_loss", history)
+    assert history.kept_epochs == [1, 2]
+    torch.testing.assert_close(soup["2.bias"], torch.tensor([-2.0]))
+    model.load_state_dict(soup)
+    _, loss, _ = validation_score(model, val, "binary", "val_loss")
+    assert loss < -candidates[0][0][0] and math.isclose(history.kept_val["val_loss"], loss)
+
+
+def test_recomputed_batchnorm_statistics_are_those_of_the_clean_training_images():
+    """recompute_batchnorm: bn1's running mean/var are exactly the statistics of conv_stem's output
+    on the un-augmented training images under the kept weights (one batch: N <= 256)."""
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", "scratch")
+    train = synthetic_split(32, seed=0)
+    state, _ = fit(model, train, synthetic_split(16, seed=1), "binary",
+                   get_recipe("scratch", recompute_batchnorm=True, select_by="last"), epochs=2, batch_size=16,
+                   seed=0, progress=False)
+    model.load_state_dict(state)
+    with torch.no_grad():
+        stem = model.conv_stem(normalize(to_float(train.images)))
+    torch.testing.assert_close(state["bn1.running_mean"], stem.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(state["bn1.running_var"], stem.var(dim=(0, 2, 3), unbiased=True), rtol=1e-3, atol=1e-5)
+
+
+def test_sam_takes_the_gradient_uphill_and_puts_the_weights_back():
+    """sam_rho: after the call the weights are unchanged, BatchNorm statistics too, and .grad is
+    the gradient at w + rho * g / |g| (checked against autograd at that point)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1)).train()
+    x, y = torch.randn(8, 3), torch.rand(8, 1)
+
+    def loss():
+        return torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+
+    loss().backward()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [p.grad.clone() for p in model.parameters()]
+    sharpness_aware_gradients(model, loss, rho=0.3)
+    after = model.state_dict()
+    for name in before:
+        if name != "1.num_batches_tracked":
+            torch.testing.assert_close(after[name], before[name])
+    norm = torch.norm(torch.stack([g.norm() for g in grads]))
+    uphill = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, g in zip(uphill.parameters(), grads):
+            p.add_(g * 0.3 / norm)
+    for m in uphill.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.momentum = 0.0
+    expected = torch.autograd.grad(torch.nn.functional.binary_cross_entropy_with_logits(uphill(x), y),
+                                   list(uphill.parameters()))
+    for p, g in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.grad, g)
+    flat = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert not torch.allclose(flat, torch.cat([g.flatten() for g in grads]), atol=1e-4)  # not the plain gradient
+
+
+@pytest.mark.parametrize("task,classes", [("binary", 2), ("multiclass", 3)])
+def test_linear_probe_head_is_the_logistic_regression_of_the_clean_training_features(task, classes):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    torch.manual_seed(0)
+    outputs = 1 if task == "binary" else classes
+    model = create_model("efficientnet_lite0", "scratch", outputs).eval()
+    train = synthetic_split(30, seed=0, classes=classes)
+    with torch.no_grad():
+        features = model.forward_head(model.forward_features(normalize(to_float(train.images))), pre_logits=True)
+    probe = LogisticRegression(max_iter=2000).fit(features.numpy(), train.labels)
+    linear_probe_head(model, train, task)
+    torch.testing.assert_close(model.get_classifier().weight, torch.as_tensor(probe.coef_, dtype=torch.float32))
+    torch.testing.assert_close(model.get_classifier().bias, torch.as_tensor(probe.intercept_, dtype=torch.float32))
+    with torch.no_grad():
+        logits = model(normalize(to_float(train.images)))
+    if task == "binary":  # the head already separates the (easy) training images
+        assert roc_auc_score(train.labels, logits[:, 0].numpy()) > 0.9
+
+
+def test_unknown_head_init_is_one_sentence():
+    with pytest.raises(ScarceError, match="head_init must be one of random, linear-probe"):
+        get_recipe("small-data", head_init="zeros")
