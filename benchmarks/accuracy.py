@@ -10,7 +10,9 @@ of the default recipe against the best peer at each N.
     python benchmarks/accuracy.py --workers 2 --out runs/bench-accuracy --json runs/bench-accuracy.json
 
 With `--external FILE.json` (from benchmarks/fastai_peer.py: real fastai on the same subsets),
-those arms join the table and count as peers in the paired comparison.
+those arms join the table and count as peers in the paired comparison. With `--reuse FILE.json`
+(an earlier run's `--json`, same data, epochs and TTA) the scarce peer arms' cells are taken from
+it instead of being run again (reruns reproduce them exactly); only the default recipe runs.
 """
 
 from __future__ import annotations
@@ -29,8 +31,7 @@ from scarce.study import open_study, run_study, study_results  # noqa: E402
 PEERS = ["regular", "fastai-fine-tune"]
 
 
-def write_spec(path: Path, args) -> None:
-    arms = [DEFAULT_RECIPE, *args.peers]
+def write_spec(path: Path, args, arms: list[str]) -> None:
     lines = [f'name = "small-data accuracy benchmark"', f'data = "{args.data}"', "size = 64",
              'backbone = "efficientnet_lite0"', 'pretrained = "imagenet"', f"n = {args.n}",
              f"seeds = {args.seeds}", f"epochs = {args.epochs}", "batch_size = 16", f"tta = {args.tta}"]
@@ -38,6 +39,21 @@ def write_spec(path: Path, args) -> None:
         lines += ["", "[[recipes]]", f'recipe = "{arm}"']
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+
+
+def reused_cells(args) -> list[dict]:
+    """The peer arms' cells of an earlier run with the same data, epochs and TTA, for every N and seed asked."""
+    earlier = json.loads(Path(args.reuse).read_text())
+    for key in ("data", "epochs", "tta"):
+        if earlier["settings"][key] != getattr(args, key):
+            sys.exit(f"{args.reuse} was run with {key} = {earlier['settings'][key]}, not {getattr(args, key)}; "
+                     f"run the peers anew (leave out --reuse).")
+    cells = [c for c in earlier["cells"] if c["recipe"] in args.peers and c["n"] in args.n and c["seed"] in args.seeds]
+    missing = [(p, n, s) for p in args.peers for n in args.n for s in args.seeds
+               if not any((c["recipe"], c["n"], c["seed"]) == (p, n, s) for c in cells)]
+    if missing:
+        sys.exit(f"{args.reuse} lacks {len(missing)} peer cell(s), e.g. {missing[0]}; run the peers anew (leave out --reuse).")
+    return cells
 
 
 def table(results: list[dict], default: str, peers: list[str]) -> dict:
@@ -92,10 +108,13 @@ def main() -> None:
     parser.add_argument("--external", nargs="+", default=[], metavar="JSON",
                         help="peer arms run outside scarce on the same subsets, as written by "
                              "benchmarks/fastai_peer.py (real fastai); they join the table and the comparison")
+    parser.add_argument("--reuse", metavar="JSON",
+                        help="take the peer arms' cells from this earlier --json (same settings) instead of running them")
     args = parser.parse_args()
+    reused = reused_cells(args) if args.reuse else []
     out = Path(args.out)
     spec = out.parent / f"{out.name}.toml"
-    write_spec(spec, args)
+    write_spec(spec, args, [DEFAULT_RECIPE] if args.reuse else [DEFAULT_RECIPE, *args.peers])
     run_study(spec, out, workers=args.workers)
     store, study_spec = open_study(out)
     try:
@@ -105,7 +124,7 @@ def main() -> None:
     external = [{**cell, "recipe": cell["variant"]} for path in args.external
                 for cell in json.loads(Path(path).read_text())["cells"]]
     outside = list(dict.fromkeys(cell["recipe"] for cell in external))
-    results = results + external
+    results = results + reused + external
     result = table(results, DEFAULT_RECIPE, [*args.peers, *outside])
     result["settings"] = vars(args)
     result["cells"] = [{k: cell.get(k) for k in ("recipe", "n", "seed", "status", "test_auc")} for cell in results]

@@ -53,11 +53,11 @@ def main() -> None:
                          "val_diff_vs_reference": float(np.mean(paired)) if paired else None,
                          "val_wins_vs_reference": int(sum(d > 0 for d in paired))})
     rows.sort(key=lambda r: (r["n"], -r["val_auc"]))
-    print(f"{'arm':24}{'N':>6}{'seeds':>7}{'val AUC':>9}{'min':>7}{'Δ vs ' + args.reference:>16}{'wins':>6}"
+    print(f"{'arm':24}{'N':>6}{'seeds':>7}{'val AUC':>9}{'min':>7}{'Δ vs ' + args.reference:>24}{'wins':>6}"
           f"{'last-epoch val':>16}{'test AUC':>10}")
     for r in rows:
         diff = f"{r['val_diff_vs_reference']:+.3f}" if r["val_diff_vs_reference"] is not None else "—"
-        print(f"{r['arm']:24}{r['n']:>6}{r['seeds']:>7}{r['val_auc']:>9.3f}{r['val_auc_min']:>7.3f}{diff:>16}"
+        print(f"{r['arm']:24}{r['n']:>6}{r['seeds']:>7}{r['val_auc']:>9.3f}{r['val_auc_min']:>7.3f}{diff:>24}"
               f"{r['val_wins_vs_reference']:>6}{r['last_val_auc']:>16.3f}{r['test_auc']:>10.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--size", type=int, help="image side in pixels (default 64)")
     train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", dest="batch_size", type=int)
+    train.add_argument("--batch-size", dest="batch_size", type=int,
+                       help="images per step for recipes without their own (default 16); the default recipe "
+                            "small-data uses 8: change it with batch_size in [recipe_options]")
     train.add_argument("--backbone", help="timm model name (default efficientnet_lite0)")
     train.add_argument("--pretrained", help="imagenet (default), scratch, or an upstream model from "
                                             "`scarce pretrain` (its folder or .safetensors file)")

@@ -39,7 +39,7 @@ def lr_sweep(model: nn.Module, train: Split, task: str, recipe, start: float = 1
         lrs, raw, smooth, average, best = [], [], [], 0.0, np.inf
         augmentation = recipe.augmentation()
         while len(lrs) < steps:
-            for index in batches(len(train), batch_size, generator):
+            for index in batches(len(train), batch_size, generator, recipe.even_batches):
                 lr = start * factor ** len(lrs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * ratios[group["name"]]
@@ -61,7 +61,12 @@ def lr_sweep(model: nn.Module, train: Split, task: str, recipe, start: float = 1
 
 def suggest_lr(lrs: list[float], smoothed: list[float], skip_start: int = 5) -> float:
     """The rule: the learning rate where the smoothed loss falls fastest against log(lr),
-    looking only before the loss minimum and past the first ``skip_start`` noisy points."""
+    looking only before the loss minimum and past the first ``skip_start`` noisy points.
+
+    The slope is taken over a window of a tenth of the sweep (at least 3 points), not between
+    neighbours: with small batches neighbouring losses differ mostly by noise. The suggestion
+    is the middle of the steepest window.
+    """
     lrs, smoothed = np.asarray(lrs, dtype=float), np.asarray(smoothed, dtype=float)
     finite = np.isfinite(smoothed)
     lrs, smoothed = lrs[finite], smoothed[finite]
@@ -69,8 +74,11 @@ def suggest_lr(lrs: list[float], smoothed: list[float], skip_start: int = 5) -> 
     begin = min(skip_start, max(0, stop - 3))
     if stop - begin < 3:
         return float(lrs[max(0, stop - 1)] / 10)
-    slopes = np.gradient(smoothed[begin:stop], np.log(lrs[begin:stop]))
-    return float(lrs[begin + int(np.argmin(slopes))])
+    logs, values = np.log(lrs[begin:stop]), smoothed[begin:stop]
+    width = min(len(values) - 1, max(2, len(lrs) // 10))
+    slopes = (values[width:] - values[:-width]) / (logs[width:] - logs[:-width])
+    steepest = int(np.argmin(slopes))
+    return float(np.exp((logs[steepest] + logs[steepest + width]) / 2))
 
 
 def plot_sweep(sweep: dict, suggestion: float, path) -> None:

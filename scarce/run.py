@@ -153,7 +153,8 @@ def find_lr(config: TrainConfig | None = None, /, **settings) -> dict:
                      seed=config.seed)
     suggestion = suggest_lr(sweep["lrs"], sweep["smoothed"])
     plot_sweep(sweep, suggestion, out / "lr_find.png")
-    result = {"suggested_lr": suggestion, "rule": "steepest descent of the smoothed loss before its minimum",
+    result = {"suggested_lr": suggestion,
+              "rule": "steepest descent of the smoothed loss before its minimum, over windows of a tenth of the sweep",
               "recipe": recipe.name, "n_train": len(train_split), "seed": config.seed, **sweep}
     artifacts.write_json(out / "lr_find.json", result)
     return result

@@ -46,18 +46,23 @@ class History:
     timings: dict = field(default_factory=lambda: {"augment": 0.0, "forward_backward": 0.0, "validate": 0.0})
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+def batches(n: int, batch_size: int, generator: torch.Generator, even: bool = False) -> list[torch.Tensor]:
     """A shuffled split of ``range(n)`` into batches; a last batch of one joins the one before
-    (BatchNorm cannot train on a single image)."""
+    (BatchNorm cannot train on a single image). With ``even``, the same number of batches but of
+    near-equal sizes (50 images at 16: 13, 13, 12, 12 instead of 16, 16, 16, 2)."""
     order = torch.randperm(n, generator=generator)
+    if even:
+        return list(order.tensor_split(math.ceil(n / batch_size)))
     parts = list(order.split(batch_size))
     if len(parts) > 1 and len(parts[-1]) == 1:
         parts[-2] = torch.cat([parts[-2], parts.pop()])
     return parts
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
+def steps_per_epoch(n: int, batch_size: int, even: bool = False) -> int:
     steps = math.ceil(n / batch_size)
+    if even:
+        return steps
     return steps - 1 if steps > 1 and n % batch_size == 1 else steps
 
 
@@ -132,7 +137,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     mixup_rng = np.random.default_rng(seed)
     optimizer = make_optimizer(model, recipe)[0]
     freezer = GroupFreezer(model, recipe)
-    per_epoch = steps_per_epoch(len(train), batch_size)
+    per_epoch = steps_per_epoch(len(train), batch_size, recipe.even_batches)
     total, head_only_steps = epochs * per_epoch, min(epochs, recipe.head_only_epochs) * per_epoch
     labels = torch.as_tensor(train.labels)
     num_outputs = _num_outputs(model)
@@ -146,7 +151,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     bar = tqdm(total=total, desc="training", unit="step", disable=not progress, leave=False)
     for epoch in range(epochs):
         running, seen = 0.0, 0
-        for index in batches(len(train), batch_size, generator):
+        for index in batches(len(train), batch_size, generator, recipe.even_batches):
             if recipe.schedule == "one-cycle":
                 trainable, rates, beta1 = step_plan(step, total, head_only_steps, recipe)
             else:

@@ -23,6 +23,10 @@ def test_suggestion_is_the_steepest_descent_before_the_minimum():
     loss = 1 - np.tanh((x + 3) * 2) * 0.5 + np.where(x > -1, (x + 1) ** 2 * 10, 0)
     suggestion = suggest_lr(lrs, loss)
     assert suggestion == pytest.approx(1e-3, rel=0.3)
+    # Noise early in the sweep (a sharp one-point drop, as small batches give) does not win.
+    noisy = loss.copy()
+    noisy[6:8] += [0.3, -0.3]  # a slope between neighbours would pick 5e-6 here
+    assert suggest_lr(lrs, noisy) == pytest.approx(1e-3, rel=0.3)
 
 
 def test_sweep_grows_geometrically_stops_on_divergence_and_leaves_model_and_rng_alone():

@@ -11,8 +11,8 @@ from scarce.augment import normalize, to_float
 from scarce.errors import ScarceError
 from scarce.models import create_model, layer_groups
 from scarce.recipes import get_recipe, one_cycle, plateau_step, trainable_groups
-from scarce.train import (History, fit, greedy_soup, linear_probe_head, make_optimizer, sharpness_aware_gradients, smooth, steps_per_epoch,
-                          validation_score)
+from scarce.train import (History, batches, fit, greedy_soup, linear_probe_head, make_optimizer,
+                          sharpness_aware_gradients, smooth, steps_per_epoch, validation_score)
 
 from conftest import synthetic_split
 
@@ -353,3 +353,17 @@ def test_linear_probe_head_is_the_logistic_regression_of_the_clean_training_feat
 def test_unknown_head_init_is_one_sentence():
     with pytest.raises(ScarceError, match="head_init must be one of random, linear-probe"):
         get_recipe("small-data", head_init="zeros")
+
+
+def test_even_batches_have_near_equal_sizes_and_cover_every_image_once():
+    generator = torch.Generator().manual_seed(0)
+    parts = batches(50, 16, generator, even=True)
+    assert sorted(len(p) for p in parts) == [12, 12, 13, 13]
+    assert sorted(torch.cat(parts).tolist()) == list(range(50))
+    assert [len(p) for p in batches(50, 16, torch.Generator().manual_seed(0))] == [16, 16, 16, 2]
+    assert steps_per_epoch(50, 16, even=True) == len(parts) == 4
+    steps = []
+    fit(create_model("efficientnet_lite0", "scratch"), synthetic_split(20, seed=0), synthetic_split(8, seed=1),
+        "binary", get_recipe("scratch", even_batches=True), epochs=1, batch_size=16, progress=False,
+        on_step=lambda step, model, optimizer: steps.append(step))
+    assert steps == [0, 1]  # 20 images at 16: two steps of 10, not 16 + 4
