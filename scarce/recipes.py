@@ -167,17 +167,19 @@ _PAPER = Recipe(
                 "only at first, late body from 10% and early body from 20% of the iterations.",
 )
 
+_SMALL_DATA = Recipe(name="small-data", description="scarce's default: pretrained, every layer trainable from the first "
+    "step with one learning rate, one-cycle with peak 3e-3 (Adam, β1 0.95→0.85→0.95), batches of at "
+    "most 8 images of near-equal size, and the epoch with the highest validation AUC kept. Chosen on "
+    "validation AUC (docs/benchmarks.md).",
+    lr=3e-3, group_ratio=1.0, unfreeze_at=_ALL_TRAINABLE, select_by="val_auc", batch_size=8,
+    even_batches=True)
+
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in [
-    Recipe(name="small-data", description="scarce's default: pretrained, every layer trainable from the first "
-           "step with one learning rate, one-cycle with peak 3e-3 (Adam, β1 0.95→0.85→0.95), batches of at "
-           "most 8 images of near-equal size, and the epoch with the highest validation AUC kept. Chosen on "
-           "validation AUC (docs/benchmarks.md).",
-           lr=3e-3, group_ratio=1.0, unfreeze_at=_ALL_TRAINABLE, select_by="val_auc", batch_size=8,
-           even_batches=True),
-    Recipe(name="small-data-b16", description="small-data as it was before batches of 8 (the default until "
-           "the search of docs/benchmarks.md): the run's batch size (16), full batches and a remainder.",
-           lr=3e-3, group_ratio=1.0, unfreeze_at=_ALL_TRAINABLE, select_by="val_auc"),
+    _SMALL_DATA,
+    replace(_SMALL_DATA, name="small-data-b16", batch_size=0, even_batches=False,
+            description="small-data as it was before batches of 8 (the default until the search of "
+                        "docs/benchmarks.md): the run's batch size (16), full batches and a remainder."),
     _PAPER,
     Recipe(name="regular", description="The paper's baseline: everything trainable, Adam lr 1e-3, "
            "divided by 10 when the validation loss rose by more than 1e-3, stop under 1e-6.",

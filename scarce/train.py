@@ -2,7 +2,8 @@
 
 The loop works on uint8 image tensors already in memory: each batch is indexed, augmented on
 the fly as one tensor operation, normalised and fed to the model. After every epoch the whole
-validation split is scored; the weights of the epoch with the lowest validation loss are kept.
+validation split is scored; the weights of the epoch the recipe's selection rule prefers are kept
+(or a greedy soup of the best epochs).
 """
 
 from __future__ import annotations
@@ -201,12 +202,13 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
                   "lr": optimizer.param_groups[-1]["lr"]}
         history.epochs.append(record)
         bar.set_postfix(val_loss=f"{val_loss:.4f}")
-        if math.isfinite(val_loss) and recipe.soup > 1:
-            candidates = sorted([*candidates, (score, epoch + 1, _snapshot(evaluated))],
-                                key=lambda c: c[0], reverse=True)[:recipe.soup]
-        if math.isfinite(val_loss) and score > best_score:
-            best_score, history.best_epoch = score, epoch + 1
-            best_state = _snapshot(evaluated)
+        improved = math.isfinite(val_loss) and score > best_score
+        snapshot = _snapshot(evaluated) if improved or (math.isfinite(val_loss) and recipe.soup > 1) else None
+        if snapshot is not None and recipe.soup > 1:
+            candidates = sorted([*candidates, (score, epoch + 1, snapshot)], key=lambda c: c[0],
+                                reverse=True)[:recipe.soup]
+        if improved:
+            best_score, history.best_epoch, best_state = score, epoch + 1, snapshot
             history.kept_epochs, history.kept_val = [epoch + 1], {"val_loss": val_loss, "val_auc": val_auc}
         _lap(history.timings, "validate", clock)
         if recipe.schedule == "plateau":
@@ -234,8 +236,8 @@ def linear_probe_head(model: nn.Module, train: Split, task: str) -> None:
 
     model.eval()
     with torch.no_grad():
-        features = torch.cat([model.forward_head(model.forward_features(normalize(to_float(train.images[i:i + 256]))),
-                                                 pre_logits=True) for i in range(0, len(train), 256)]).numpy()
+        features = torch.cat([model.forward_head(model.forward_features(batch), pre_logits=True)
+                              for batch in _clean_batches(train.images)]).numpy()
     classifier = model.get_classifier()
     labels = np.asarray(train.labels)
     with torch.no_grad():
@@ -283,8 +285,13 @@ def sharpness_aware_gradients(model: nn.Module, compute_loss, rho: float) -> Non
 def recompute_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> None:
     """BatchNorm running statistics re-estimated from ``images`` (uint8, un-augmented) in one pass."""
     with torch.no_grad():
-        batches = [normalize(to_float(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
-        update_bn(batches, model)
+        update_bn(_clean_batches(images, batch_size), model)
+
+
+def _clean_batches(images: torch.Tensor, batch_size: int = 256):
+    """Normalised float batches of uint8 images, un-augmented, in order."""
+    for start in range(0, len(images), batch_size):
+        yield normalize(to_float(images[start:start + batch_size]))
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
