@@ -57,7 +57,7 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
     setup_seconds = time.perf_counter() - clock
     best_state, history = fit(model, train_split, dataset.splits["val"], dataset.task, recipe,
                               config.epochs, recipe.batch_size_for(config.batch_size), config.seed,
-                              augmentation=recipe.augmentation(), progress=config.progress)
+                              progress=config.progress)
     info = {"backbone": config.backbone, "num_outputs": dataset.num_outputs, "task": dataset.task,
             "classes": dataset.classes, "size": config.size, "recipe": recipe.name,
             "drop_rate": recipe.head_dropout}

@@ -19,7 +19,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from tqdm.auto import tqdm
 
-from .augment import Augmentation, normalize, to_float
+from .augment import normalize, to_float
 from .data import Split
 from .evaluate import predict_logits, probabilities, task_loss
 from .metrics import point_auc
@@ -115,9 +115,10 @@ class GroupFreezer:
 
 
 def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, epochs: int,
-        batch_size: int = 16, seed: int = 0, augmentation: Augmentation | None = Augmentation(),
-        progress: bool = True, on_step=None) -> tuple[dict[str, torch.Tensor], History]:
+        batch_size: int = 16, seed: int = 0, progress: bool = True, on_step=None) -> tuple[dict[str, torch.Tensor], History]:
     """Train ``model`` in place; return the best epoch's weights and the history.
+
+    Each batch is augmented by the recipe's policy (``recipe.augmentation()``).
 
     The best epoch is the one with the lowest validation loss, or with ``recipe.select_by =
     "val_auc"`` the highest validation AUC (ties: the lower loss), or with ``"last"`` the last.
@@ -134,7 +135,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     model.to(memory_format=torch.channels_last)
     if recipe.head_init == "linear-probe":
         linear_probe_head(model, train, task)
-    generator = torch.Generator().manual_seed(seed)
+    generator, augmentation = torch.Generator().manual_seed(seed), recipe.augmentation()
     mixup_rng = np.random.default_rng(seed)
     optimizer = make_optimizer(model, recipe)[0]
     freezer = GroupFreezer(model, recipe)
@@ -167,8 +168,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
                 param_group["betas"] = (beta1, param_group["betas"][1])
             clock = time.perf_counter()
             images = to_float(train.images[index])
-            if augmentation is not None:
-                images = augmentation(images, generator)
+            images = augmentation(images, generator)
             targets = targets_for(task, labels[index], num_outputs)
             if recipe.label_smoothing > 0:
                 targets = smooth(task, targets, recipe.label_smoothing)
