@@ -23,6 +23,7 @@ from . import artifacts
 from .augment import normalize, to_float
 from .decisions import decide
 from .errors import ScarceError
+from .models import first_network
 
 # Known timm layouts, most specific first: the module whose output is the last feature map.
 _LAST_FEATURE_MODULES = ("bn2",  # EfficientNet, MobileNet: conv_head, then its BatchNorm and activation
@@ -33,6 +34,7 @@ _LAST_FEATURE_MODULES = ("bn2",  # EfficientNet, MobileNet: conv_head, then its 
 
 def target_layer(model: nn.Module) -> tuple[str, nn.Module]:
     """The layer Grad-CAM reads: the last convolutional feature map (name, module)."""
+    model = first_network(model)  # an epoch ensemble: its best epoch's network
     for name in _LAST_FEATURE_MODULES:
         module = getattr(model, name, None)
         if module is None:

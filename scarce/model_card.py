@@ -165,4 +165,9 @@ def _read(path: Path) -> dict:
 
 def _soup_text(metrics: dict) -> str:
     kept = metrics.get("kept_epochs") or []
-    return f", averaged with epochs {', '.join(str(e) for e in kept[1:])} (greedy weight soup)" if len(kept) > 1 else ""
+    if len(kept) < 2:
+        return ""
+    others = ", ".join(str(e) for e in kept[1:])
+    if metrics.get("epoch_ensemble"):
+        return f", with epochs {others} in an ensemble that averages their logits ({len(kept)} networks)"
+    return f", averaged with epochs {others} (greedy weight soup)"

@@ -146,6 +146,24 @@ def resample_weight_distribution(model: nn.Module, generator: torch.Generator) -
     return model
 
 
+class EpochEnsemble(nn.Module):
+    """Several weight sets of one network (epochs of one run, best first) used as one model: the
+    output is the mean of their logits. Prediction, test-time augmentation, thresholds and export
+    treat it like any model; Grad-CAM and the layer groups look at the first (best) member."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(images) for member in self.members]).mean(dim=0)
+
+
+def first_network(model: nn.Module) -> nn.Module:
+    """The model itself, or an ensemble's first (best-epoch) member."""
+    return model.members[0] if isinstance(model, EpochEnsemble) else model
+
+
 def load_trained(path) -> tuple[nn.Module, dict]:
     """A model rebuilt from a scarce checkpoint (safetensors plus the info saved with it)."""
     from .artifacts import load_weights
@@ -154,7 +172,9 @@ def load_trained(path) -> tuple[nn.Module, dict]:
     if "backbone" not in info or "num_outputs" not in info:
         raise ScarceError(f"Checkpoint {path} lacks scarce's metadata (backbone, num_outputs); "
                           f"give a model.safetensors written by scarce.")
-    model = create_model(info["backbone"], "scratch", info["num_outputs"], info.get("drop_rate", 0.0))
+    build = lambda: create_model(info["backbone"], "scratch", info["num_outputs"], info.get("drop_rate", 0.0))  # noqa: E731
+    members = int(info.get("ensemble_members", 0))
+    model = EpochEnsemble([build() for _ in range(members)]) if members > 1 else build()
     try:
         model.load_state_dict(state)
     except RuntimeError:

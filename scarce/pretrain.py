@@ -61,6 +61,9 @@ def pretrain(config: TrainConfig | None = None, /, exclude_labels: list[str] | t
     if recipe.model != "cnn":
         raise ScarceError(f"Recipe '{recipe.name}' trains no CNN, so it has no backbone to pretrain; "
                           f"use a CNN recipe such as fine-tune-all.")
+    if recipe.ensemble_epochs > 1:
+        raise ScarceError(f"Recipe '{recipe.name}' keeps an ensemble of epochs, but an upstream model is one "
+                          f"backbone; set ensemble_epochs = 0 in its recipe options or use fine-tune-all.")
     out = artifacts.prepare_output(Path(config.out), config.overwrite, marker=MANIFEST_FILE)
     for stale in (MANIFEST_FILE, BACKBONE_FILE):  # never pair an old manifest with new weights
         (out / stale).unlink(missing_ok=True)

@@ -85,6 +85,10 @@ class Recipe:
     # (up to this many epochs in all, best first), each joining only if the average's validation
     # score by ``select_by`` does not get worse. 0 or 1 = off. One model, no extra inference cost.
     soup: int = 0
+    # Epoch ensemble (a snapshot ensemble of one run): the kept model holds the weights of this
+    # many best epochs by ``select_by`` (best first) and outputs the mean of their logits. No
+    # extra training; this many times the inference work and the file size. 0 or 1 = off.
+    ensemble_epochs: int = 0
     # What is trained: "cnn" (the backbone, by the fields above) or "radiomics" (texture features
     # and a logistic regression, scarce/radiomics.py; the CNN fields do not apply).
     model: str = "cnn"
@@ -235,6 +239,11 @@ def get_recipe(name: str, **overrides) -> Recipe:
         raise ScarceError(f"Recipe setting head_init must be one of {', '.join(HEAD_INITS)}, not {recipe.head_init!r}.")
     if recipe.soup > 1 and recipe.select_by == "last":
         raise ScarceError("Recipe setting soup needs select_by val_loss or val_auc to rank epochs, not 'last'.")
+    if recipe.soup > 1 and recipe.ensemble_epochs > 1:
+        raise ScarceError("Recipe settings soup and ensemble_epochs exclude each other: average the "
+                          "epochs' weights (soup) or their predictions (ensemble_epochs), not both.")
+    if recipe.ensemble_epochs < 0:
+        raise ScarceError(f"Recipe setting ensemble_epochs must be 0 (off) or more, not {recipe.ensemble_epochs}.")
     if recipe.batch_size < 0:
         raise ScarceError(f"Recipe setting batch_size must be 0 (the run's) or more, not {recipe.batch_size}.")
     return recipe

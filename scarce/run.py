@@ -22,7 +22,7 @@ from .data import (ImageDataset, balanced_subset, count_duplicates, file_fingerp
 from .evaluate import predict
 from .metrics import task_metrics
 from .model_card import render as render_model_card
-from .models import create_model, layer_groups, load_trained, resample_weight_distribution
+from .models import create_model, first_network, layer_groups, load_trained, resample_weight_distribution
 from .predict import validation_thresholds
 from .pretrain import is_source_path, load_backbone, source_record
 from .recipes import Recipe, get_recipe
@@ -61,6 +61,9 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
     info = {"backbone": config.backbone, "num_outputs": dataset.num_outputs, "task": dataset.task,
             "classes": dataset.classes, "size": config.size, "recipe": recipe.name,
             "drop_rate": recipe.head_dropout}
+    ensembled = recipe.ensemble_epochs > 1 and len(history.kept_epochs) > 1
+    if ensembled:  # the file holds one network per kept epoch (scarce.models.EpochEnsemble)
+        info["ensemble_members"] = len(history.kept_epochs)
     checkpoint = out / "model.safetensors"
     # With --overwrite, the earlier run stops counting as finished before its first file is
     # replaced: a folder never pairs an old metrics.json with new weights, even if this run dies.
@@ -82,7 +85,8 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
         "epochs": config.epochs,
         "epochs_run": len(history.epochs),
         "best_epoch": history.best_epoch,
-        "kept_epochs": history.kept_epochs,  # more than one: a weight soup of those epochs
+        "kept_epochs": history.kept_epochs,  # more than one: a weight soup or an ensemble of those epochs
+        "epoch_ensemble": ensembled,
         "best_val_loss": history.kept_val["val_loss"],
         "best_val_auc": _finite_or_none(history.kept_val["val_auc"]),
         "tta_passes": {"clean": 1, "augmented": config.tta},
@@ -98,7 +102,7 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
         "config": config.to_dict(),
         "recipe": recipe.to_dict(),
         "data": data_provenance(dataset, subset),
-        "layer_groups": {name: len(names) for name, names in layer_groups(model).as_dict().items()},
+        "layer_groups": {name: len(names) for name, names in layer_groups(first_network(model)).as_dict().items()},
         "pretrained_source": source_record(pretrained),  # an upstream model's file, sha256 and manifest
         "versions": artifacts.versions(),
     }

@@ -3,11 +3,12 @@
 The loop works on uint8 image tensors already in memory: each batch is indexed, augmented on
 the fly as one tensor operation, normalised and fed to the model. After every epoch the whole
 validation split is scored; the weights of the epoch the recipe's selection rule prefers are kept
-(or a greedy soup of the best epochs).
+(or a greedy soup of the best epochs, or an ensemble of them).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from .augment import normalize, to_float
 from .data import Split
 from .evaluate import predict_logits, probabilities, task_loss
 from .metrics import point_auc
-from .models import GROUP_NAMES, group_modules, layer_groups
+from .models import GROUP_NAMES, EpochEnsemble, group_modules, layer_groups
 from .recipes import SELECT_BY, Recipe, plateau_step, step_plan
 
 
@@ -37,8 +38,8 @@ class History:
 
     epochs: list[dict] = field(default_factory=list)
     best_epoch: int = -1
-    # The epochs whose weights were averaged into the kept model (a soup; else just best_epoch),
-    # and that model's validation loss and AUC.
+    # The epochs in the kept model (a soup or an ensemble of them, best first; else just
+    # best_epoch), and that model's validation loss and AUC.
     kept_epochs: list[int] = field(default_factory=list)
     kept_val: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -122,6 +123,8 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
 
     The best epoch is the one with the lowest validation loss, or with ``recipe.select_by =
     "val_auc"`` the highest validation AUC (ties: the lower loss), or with ``"last"`` the last.
+    With ``recipe.ensemble_epochs = k > 1`` the k best epochs are returned as one ensemble
+    (:func:`epoch_ensemble`); with ``recipe.soup`` a greedy soup of them (:func:`greedy_soup`).
     With ``recipe.ema_decay > 0`` an exponential moving average of the weights (parameters and
     BatchNorm statistics) follows every step, and it is what is validated and returned.
 
@@ -149,6 +152,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
         if recipe.ema_decay > 0 else None
     evaluated = model if ema is None else ema.module
     history, best_score, best_state, candidates = History(), (-math.inf, -math.inf), None, []
+    keep = max(recipe.soup, recipe.ensemble_epochs)  # best epochs' weights kept for a soup or an ensemble
     started, step, lr_scale, previous_val = time.perf_counter(), 0, 1.0, None
     bar = tqdm(total=total, desc="training", unit="step", disable=not progress, leave=False)
     for epoch in range(epochs):
@@ -203,10 +207,10 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
         history.epochs.append(record)
         bar.set_postfix(val_loss=f"{val_loss:.4f}")
         improved = math.isfinite(val_loss) and score > best_score
-        snapshot = _snapshot(evaluated) if improved or (math.isfinite(val_loss) and recipe.soup > 1) else None
-        if snapshot is not None and recipe.soup > 1:
+        snapshot = _snapshot(evaluated) if improved or (math.isfinite(val_loss) and keep > 1) else None
+        if snapshot is not None and keep > 1:
             candidates = sorted([*candidates, (score, epoch + 1, snapshot)], key=lambda c: c[0],
-                                reverse=True)[:recipe.soup]
+                                reverse=True)[:keep]
         if improved:
             best_score, history.best_epoch, best_state = score, epoch + 1, snapshot
             history.kept_epochs, history.kept_val = [epoch + 1], {"val_loss": val_loss, "val_auc": val_auc}
@@ -219,7 +223,11 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     bar.close()
     if best_state is None:  # every validation loss was NaN
         raise TrainingDiverged("validation loss was never finite")
-    if len(candidates) > 1:
+    if len(candidates) > 1 and recipe.ensemble_epochs > 1:
+        clock = time.perf_counter()
+        best_state = epoch_ensemble(evaluated, candidates, val, task, recipe.select_by, history)
+        _lap(history.timings, "validate", clock)
+    elif len(candidates) > 1:
         clock = time.perf_counter()
         best_state = greedy_soup(evaluated, candidates, val, task, recipe.select_by, history,
                                  train.images if recipe.recompute_batchnorm else None)
@@ -329,6 +337,23 @@ def greedy_soup(model: nn.Module, candidates: list, val: Split, task: str, selec
             history.kept_val = {"val_loss": loss, "val_auc": auc}
     _load_average(model, chosen, batchnorm_images)
     return _snapshot(model)
+
+
+def epoch_ensemble(model: nn.Module, candidates: list, val: Split, task: str, select_by: str,
+                   history: History) -> dict[str, torch.Tensor]:
+    """A snapshot ensemble of one run: the weights of ``candidates`` (score, epoch, weights; best
+    first) as one :class:`EpochEnsemble`, whose logits are their mean; return its state dict
+    (``members.<i>.<name>``) and record its epochs and validation loss and AUC in ``history``."""
+    members = []
+    for _, _, weights in candidates:
+        member = copy.deepcopy(model)
+        member.load_state_dict(weights)
+        members.append(member)
+    ensemble = EpochEnsemble(members)
+    _, loss, auc = validation_score(ensemble, val, task, select_by)
+    history.kept_epochs = [epoch for _, epoch, _ in candidates]
+    history.kept_val = {"val_loss": loss, "val_auc": auc}
+    return _snapshot(ensemble)
 
 
 def _load_average(model: nn.Module, states: list[dict[str, torch.Tensor]], batchnorm_images) -> None:

@@ -71,6 +71,24 @@ def test_the_spec_is_enough_to_feed_the_onnx_file_by_hand(run, data_dir, tmp_pat
     assert outputs["logits"].shape == (1, 1)
 
 
+@pytest.mark.slow
+def test_an_epoch_ensemble_exports_as_one_graph_with_the_same_probabilities(data_dir, tmp_path, capsys):
+    """A model that keeps two epochs (recipe option ensemble_epochs) exports as one ONNX graph whose
+    probabilities are PyTorch's, i.e. those of the mean of both networks' logits."""
+    run = tmp_path / "run"
+    scarce.train(data=str(data_dir / "pneumonia_kaggle_64.npz"), n=40, epochs=2, tta=0, threads=1, size=64,
+                 seed=0, out=str(run), progress=False, recipe_options={"ensemble_epochs": 2})
+    assert main(["export", "--model", str(run), "--out", str(tmp_path / "model.onnx")]) == 0
+    assert "onnxruntime matches PyTorch" in capsys.readouterr().out
+    model, info = load_trained(run / "model.safetensors")
+    assert info["ensemble_members"] == 2
+    images = load_resized(str(data_dir / "pneumonia_kaggle_64.npz"), None, "{}", 64).splits["test"].images[:20]
+    expected = predict(model, images, "binary", tta=0)
+    assert np.abs(probabilities_from_onnx(tmp_path / "model.onnx", images, "binary") - expected).max() <= TOLERANCE
+    single = [predict(member, images, "binary", tta=0) for member in model.members]
+    assert not np.allclose(single[0], single[1])  # two different epochs, not one network twice
+
+
 def test_an_unknown_format_is_one_sentence(tmp_path, capsys):
     assert main(["export", "--model", str(tmp_path), "--format", "tflite"]) == 2
     error = capsys.readouterr().err

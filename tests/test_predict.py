@@ -305,6 +305,32 @@ def test_grad_cam_explains_the_predicted_class_at_the_last_feature_map(run, npz)
             assert np.abs(maps[k] - other).max() > 0.1  # the class matters: evidence for one is against the other
 
 
+def test_an_epoch_ensemble_predicts_explains_and_describes_itself(npz, pngs, tmp_path):
+    """A run that keeps its two epochs (ensemble_epochs = 2) on real data: one file with both
+    networks, predictions that are their mean logits, Grad-CAM through the best epoch's network,
+    and a model card that says so."""
+    run = tmp_path / "ensemble"
+    scarce.train(data=str(npz), n=40, epochs=2, tta=0, threads=1, size=64, seed=0, out=str(run),
+                 progress=False, recipe_options={"ensemble_epochs": 2})
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epoch_ensemble"] is True and sorted(metrics["kept_epochs"]) == [1, 2]
+    assert f"with epochs {metrics['kept_epochs'][1]} in an ensemble that averages their logits (2 networks)" \
+        in (run / "MODEL_CARD.md").read_text()
+    trained = load_model_folder(run)
+    images = _test_split(npz).images[:8]
+    with torch.no_grad():
+        batch = normalize(to_float(images))
+        mean_logits = (trained.model.members[0](batch) + trained.model.members[1](batch)) / 2
+    np.testing.assert_allclose(predict(trained.model, images, "binary"), mean_logits[:, 0].sigmoid().numpy(), atol=1e-6)
+    assert target_layer(trained.model)[0] == "bn2"
+    maps = grad_cam(trained.model, images, "binary", explained_classes("binary", predict(trained.model, images, "binary"), [0.5]))
+    assert maps.shape == (8, 64, 64) and maps.max() <= 1 and maps.max() > 0
+    folder, _ = pngs
+    out = tmp_path / "preds.csv"
+    assert main(["predict", "--model", str(run), "--data", str(folder), "--out", str(out), "--explain"]) == 0
+    assert len(_rows(out)) == 30 and len(list((tmp_path / "preds_gradcam").iterdir())) == 30
+
+
 # ---------------------------------------------------------------- errors
 
 def test_user_errors_are_one_sentence_and_exit_code_2(run, pngs, npz, data_dir, tmp_path, capsys):

@@ -296,3 +296,13 @@ def test_a_study_arm_trains_from_an_upstream_model(tmp_path, monkeypatch):
     assert run_study(spec, "study", progress=False) == {"done": 1}
     run = json.loads((tmp_path / "study/cells/upstream/n8-s0/run.json").read_text())
     assert run["pretrained_source"]["file"] == str((source / BACKBONE_FILE).resolve())
+
+
+def test_an_ensemble_recipe_is_refused_before_any_training(tmp_path):
+    """An upstream model is one backbone, so a recipe that keeps an ensemble of epochs is refused
+    in one sentence and the output folder gets no manifest."""
+    data = write_npz(tmp_path / "tiny.npz", size=32)
+    with pytest.raises(ScarceError, match="keeps an ensemble of epochs, but an upstream model is one backbone"):
+        pretrain(data=str(data), out=str(tmp_path / "up"), size=32, recipe="small-data",
+                 recipe_options={"ensemble_epochs": 3})
+    assert not (tmp_path / "up" / MANIFEST_FILE).exists()

@@ -9,7 +9,8 @@ from torch import nn
 
 from scarce.augment import normalize, to_float
 from scarce.errors import ScarceError
-from scarce.models import create_model, layer_groups
+from scarce.artifacts import save_weights
+from scarce.models import EpochEnsemble, create_model, layer_groups, load_trained
 from scarce.recipes import get_recipe, one_cycle, plateau_step, trainable_groups
 from scarce.train import (History, batches, fit, greedy_soup, linear_probe_head, make_optimizer,
                           sharpness_aware_gradients, smooth, steps_per_epoch, validation_score)
@@ -230,6 +231,45 @@ def test_greedy_soup_averages_the_best_epochs_that_do_not_hurt_validation():
     score, loss, auc = validation_score(model, val, "binary", "val_auc")
     assert score >= (scores[history.best_epoch][0], scores[history.best_epoch][1])
     assert math.isclose(history.kept_val["val_auc"], auc) and math.isclose(history.kept_val["val_loss"], loss)
+
+
+def test_epoch_ensemble_keeps_the_best_epochs_and_averages_their_logits(tmp_path):
+    """ensemble_epochs = 3: the kept model holds the weights of the 3 best epochs by validation AUC,
+    best first; its output is the mean of their logits; it survives a save and load."""
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", "scratch")
+    recipe = get_recipe("scratch", select_by="val_auc", ensemble_epochs=3, lr=3e-3)
+    per_epoch, epoch_states = steps_per_epoch(32, 8), {}
+
+    def keep_epoch_end(step, model, optimizer):
+        if (step + 1) % per_epoch == 0:
+            epoch_states[(step + 1) // per_epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    val = synthetic_split(24, seed=1)
+    state, history = fit(model, synthetic_split(32, seed=0), val, "binary", recipe, epochs=5, batch_size=8,
+                         seed=0, progress=False, on_step=keep_epoch_end)
+    scores = {e["epoch"]: (e["val_auc"], -e["val_loss"]) for e in history.epochs}
+    assert history.kept_epochs == sorted(scores, key=scores.get, reverse=True)[:3]
+    assert history.kept_epochs[0] == history.best_epoch
+    for i, epoch in enumerate(history.kept_epochs):
+        torch.testing.assert_close(state[f"members.{i}.conv_head.weight"], epoch_states[epoch]["conv_head.weight"])
+    save_weights(tmp_path / "model.safetensors", state,
+                 {"backbone": "efficientnet_lite0", "num_outputs": 1, "ensemble_members": 3})
+    ensemble, _ = load_trained(tmp_path / "model.safetensors")
+    assert isinstance(ensemble, EpochEnsemble) and len(ensemble.members) == 3
+    images = normalize(to_float(val.images[:5]))
+    with torch.no_grad():
+        logits = torch.stack([member(images) for member in ensemble.members]).mean(0)
+        torch.testing.assert_close(ensemble(images), logits)
+    _, loss, auc = validation_score(ensemble, val, "binary", "val_auc")
+    assert math.isclose(history.kept_val["val_auc"], auc) and math.isclose(history.kept_val["val_loss"], loss, rel_tol=1e-5)
+
+
+def test_ensemble_and_soup_exclude_each_other():
+    with pytest.raises(ScarceError, match="soup and ensemble_epochs exclude each other"):
+        get_recipe("small-data", soup=3, ensemble_epochs=3)
+    with pytest.raises(ScarceError, match="ensemble_epochs must be 0"):
+        get_recipe("small-data", ensemble_epochs=-1)
 
 
 def test_soup_needs_a_validation_ranking():
