@@ -164,6 +164,8 @@ def run_train(args: argparse.Namespace) -> int:
     low, high = m["test_auc_ci"] or (float("nan"), float("nan"))
     fitted = (f"best epoch {m['best_epoch']}/{m['epochs_run']}" if m["best_epoch"] is not None  # radiomics: no epochs
               else f"{m['cv_folds']}-fold cross-validated C {m['regularisation_C']}")
+    if m.get("epoch_ensemble"):
+        fitted += f" (an ensemble of epochs {', '.join(str(e) for e in m['kept_epochs'])})"
     print(f"recipe {m['recipe']}, n_train {m['n_train']}, seed {m['seed']}, {fitted}, "
           f"{m['train_seconds']:.0f} s training")
     print(f"test AUC {m['test_auc']:.4f} (95% CI {low:.4f}-{high:.4f}), accuracy {m['test_accuracy']:.4f}"

@@ -173,17 +173,18 @@ _PAPER = Recipe(
 
 _SMALL_DATA = Recipe(name="small-data", description="scarce's default: pretrained, every layer trainable from the first "
     "step with one learning rate, one-cycle with peak 3e-3 (Adam, β1 0.95→0.85→0.95), batches of at "
-    "most 8 images of near-equal size, and the epoch with the highest validation AUC kept. Chosen on "
-    "validation AUC (docs/benchmarks.md).",
+    "most 8 images of near-equal size, and the 5 epochs with the highest validation AUC kept as one "
+    "model that averages their logits (an epoch ensemble). Chosen on validation AUC (docs/benchmarks.md).",
     lr=3e-3, group_ratio=1.0, unfreeze_at=_ALL_TRAINABLE, select_by="val_auc", batch_size=8,
-    even_batches=True)
+    even_batches=True, ensemble_epochs=5)
 
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in [
     _SMALL_DATA,
-    replace(_SMALL_DATA, name="small-data-b16", batch_size=0, even_batches=False,
-            description="small-data as it was before batches of 8 (the default until the search of "
-                        "docs/benchmarks.md): the run's batch size (16), full batches and a remainder."),
+    replace(_SMALL_DATA, name="small-data-b16", batch_size=0, even_batches=False, ensemble_epochs=0,
+            description="small-data as it was before batches of 8 and the epoch ensemble (the default "
+                        "until the search of docs/benchmarks.md): the run's batch size (16), full batches "
+                        "and a remainder, the one epoch with the highest validation AUC kept."),
     _PAPER,
     Recipe(name="regular", description="The paper's baseline: everything trainable, Adam lr 1e-3, "
            "divided by 10 when the validation loss rose by more than 1e-3, stop under 1e-6.",
@@ -241,7 +242,8 @@ def get_recipe(name: str, **overrides) -> Recipe:
         raise ScarceError("Recipe setting soup needs select_by val_loss or val_auc to rank epochs, not 'last'.")
     if recipe.soup > 1 and recipe.ensemble_epochs > 1:
         raise ScarceError("Recipe settings soup and ensemble_epochs exclude each other: average the "
-                          "epochs' weights (soup) or their predictions (ensemble_epochs), not both.")
+                          "epochs' weights (soup) or their logits (ensemble_epochs), not both; set "
+                          "ensemble_epochs = 0 to use a soup.")
     if recipe.ensemble_epochs < 0:
         raise ScarceError(f"Recipe setting ensemble_epochs must be 0 (off) or more, not {recipe.ensemble_epochs}.")
     if recipe.batch_size < 0:

@@ -31,11 +31,16 @@ def test_train_writes_metrics_weights_and_provenance(data_dir, tmp_path, capsys)
     assert len(run["data"]["fingerprint"]) == 64 and run["data"]["counts"]["test"] == [327, 964]
     assert run["versions"]["torch"] == "2.14.1" and run["versions"]["timm"]
     assert len(run["data"]["train_subset_indices"]) == 32
+    # The default keeps its best epochs (here both) as one ensemble: one network per epoch in the file.
     weights = load_file(str(out / "model.safetensors"))
-    assert weights["classifier.weight"].shape == (1, 1280)
+    assert weights["members.0.classifier.weight"].shape == weights["members.1.classifier.weight"].shape == (1, 1280)
+    assert not any(name.startswith("members.2.") for name in weights)
+    assert metrics["epoch_ensemble"] is True and sorted(metrics["kept_epochs"]) == [1, 2]
     assert len((out / "history.csv").read_text().splitlines()) == 3
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
-    assert "test AUC" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "test AUC" in printed
+    assert f"best epoch {metrics['best_epoch']}/2 (an ensemble of epochs {metrics['kept_epochs'][0]}, " in printed
 
 
 def test_config_file_and_data_directory_are_used(data_dir, tmp_path, monkeypatch):

@@ -69,7 +69,9 @@ def test_multilabel_training_reports_per_label_auc(tmp_path):
     data = write_npz(tmp_path / "multi.npz", task="multilabel", classes=3, sizes=(30, 15, 15))
     result = scarce.train(data=str(data), out=str(tmp_path / "out"), epochs=2, size=32, tta=2,
                           pretrained="scratch", progress=False)
-    assert result.model.get_classifier().out_features == 3
+    with torch.no_grad():  # the default keeps both epochs as one ensemble: 3 logits per image
+        assert result.model.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+    assert len(result.model.members) == 2 and result.metrics["epoch_ensemble"]
     assert len(result.metrics["test_per_label_auc"]) == 3
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["data"]["task"] == "multilabel"
