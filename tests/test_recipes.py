@@ -205,12 +205,11 @@ def test_label_smoothing_moves_targets_towards_uniform():
     assert torch.allclose(smooth("multilabel", torch.tensor([[1.0, 0.0]]), 0.2), torch.tensor([[0.9, 0.1]]))
 
 
-def test_greedy_soup_averages_the_best_epochs_that_do_not_hurt_validation():
-    """soup = 4: the kept weights are the uniform average of the listed epochs' weights, the first
-    being the best single epoch, all among the 4 best; the soup validates at least as well."""
+def _fit_keeping_every_epoch(recipe, epochs: int):
+    """A scratch EfficientNet-Lite0 trained on 32 synthetic images in batches of 8; returns the
+    model, the validation split, fit's kept weights and history, and every epoch's weights."""
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0", "scratch")
-    recipe = get_recipe("scratch", select_by="val_auc", soup=4, lr=3e-3)
     per_epoch, epoch_states = steps_per_epoch(32, 8), {}
 
     def keep_epoch_end(step, model, optimizer):
@@ -218,8 +217,16 @@ def test_greedy_soup_averages_the_best_epochs_that_do_not_hurt_validation():
             epoch_states[(step + 1) // per_epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     val = synthetic_split(24, seed=1)
-    state, history = fit(model, synthetic_split(32, seed=0), val, "binary", recipe, epochs=6, batch_size=8,
+    state, history = fit(model, synthetic_split(32, seed=0), val, "binary", recipe, epochs=epochs, batch_size=8,
                          seed=0, progress=False, on_step=keep_epoch_end)
+    return model, val, state, history, epoch_states
+
+
+def test_greedy_soup_averages_the_best_epochs_that_do_not_hurt_validation():
+    """soup = 4: the kept weights are the uniform average of the listed epochs' weights, the first
+    being the best single epoch, all among the 4 best; the soup validates at least as well."""
+    model, val, state, history, epoch_states = _fit_keeping_every_epoch(
+        get_recipe("scratch", select_by="val_auc", soup=4, lr=3e-3), epochs=6)
     scores = {e["epoch"]: (e["val_auc"], -e["val_loss"]) for e in history.epochs}
     top4 = sorted(scores, key=scores.get, reverse=True)[:4]
     assert history.kept_epochs[0] == history.best_epoch == top4[0]
@@ -236,18 +243,8 @@ def test_greedy_soup_averages_the_best_epochs_that_do_not_hurt_validation():
 def test_epoch_ensemble_keeps_the_best_epochs_and_averages_their_logits(tmp_path):
     """ensemble_epochs = 3: the kept model holds the weights of the 3 best epochs by validation AUC,
     best first; its output is the mean of their logits; it survives a save and load."""
-    torch.manual_seed(0)
-    model = create_model("efficientnet_lite0", "scratch")
-    recipe = get_recipe("scratch", select_by="val_auc", ensemble_epochs=3, lr=3e-3)
-    per_epoch, epoch_states = steps_per_epoch(32, 8), {}
-
-    def keep_epoch_end(step, model, optimizer):
-        if (step + 1) % per_epoch == 0:
-            epoch_states[(step + 1) // per_epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    val = synthetic_split(24, seed=1)
-    state, history = fit(model, synthetic_split(32, seed=0), val, "binary", recipe, epochs=5, batch_size=8,
-                         seed=0, progress=False, on_step=keep_epoch_end)
+    _, val, state, history, epoch_states = _fit_keeping_every_epoch(
+        get_recipe("scratch", select_by="val_auc", ensemble_epochs=3, lr=3e-3), epochs=5)
     scores = {e["epoch"]: (e["val_auc"], -e["val_loss"]) for e in history.epochs}
     assert history.kept_epochs == sorted(scores, key=scores.get, reverse=True)[:3]
     assert history.kept_epochs[0] == history.best_epoch
