@@ -6,6 +6,7 @@ the early body (the first half of the blocks), the late body, and the head (the 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import timm
@@ -172,7 +173,7 @@ def load_trained(path) -> tuple[nn.Module, dict]:
     if "backbone" not in info or "num_outputs" not in info:
         raise ScarceError(f"Checkpoint {path} lacks scarce's metadata (backbone, num_outputs); "
                           f"give a model.safetensors written by scarce.")
-    build = lambda: create_model(info["backbone"], "scratch", info["num_outputs"], info.get("drop_rate", 0.0))  # noqa: E731
+    build = functools.partial(create_model, info["backbone"], "scratch", info["num_outputs"], info.get("drop_rate", 0.0))
     members = int(info.get("ensemble_members", 0))
     model = EpochEnsemble([build() for _ in range(members)]) if members > 1 else build()
     try:
