@@ -59,6 +59,10 @@ class Recipe:
     zoom: float = 0.0
     brightness: float = 0.0
     contrast: float = 0.0
+    rotation: float = 10.0  # the standard policy's rotation range, ± degrees (0 = none)
+    # Random erasing (cutout): with this probability per image, a rectangle of 2-33 % of its area
+    # (aspect 0.3-3.3, torchvision's RandomErasing defaults) is set to black; 0 = off.
+    erase: float = 0.0
     mixup_alpha: float = 0.0  # MixUp with λ ~ Beta(α, α) per batch; 0 = off
     head_dropout: float = 0.0  # dropout before the classifier
     # How the new head starts: "random" (timm's initialisation) or "linear-probe": a logistic
@@ -77,6 +81,9 @@ class Recipe:
     # Exponential moving average of the weights, updated after every step with this decay
     # (0 = off). Validation, selection and the saved model then use the averaged weights.
     ema_decay: float = 0.0
+    # L2-SP (Li et al. 2018), decoupled: after every step each body weight is pulled back toward
+    # its starting (pretrained) value, w -= lr * l2_sp * (w - w_start); the head is not. 0 = off.
+    l2_sp: float = 0.0
     # Which epoch's weights to keep: the lowest validation loss ("val_loss") or the highest
     # validation AUC ("val_auc", ties broken by the lower loss), or the last epoch ("last").
     # Loss also rewards calibration.
@@ -102,8 +109,10 @@ class Recipe:
         return self.batch_size or run_batch_size
 
     def augmentation(self) -> Augmentation:
-        """The training augmentation: the standard policy plus the recipe's zoom, brightness, contrast."""
-        return Augmentation(zoom=self.zoom, brightness=self.brightness, contrast=self.contrast)
+        """The training augmentation: the standard policy (with the recipe's rotation range) plus the
+        recipe's zoom, brightness, contrast and random erasing."""
+        return Augmentation(rotation=self.rotation, zoom=self.zoom, brightness=self.brightness,
+                            contrast=self.contrast, erase=self.erase)
 
     def to_dict(self) -> dict:
         return asdict(self)

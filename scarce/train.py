@@ -151,6 +151,8 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True) \
         if recipe.ema_decay > 0 else None
     evaluated = model if ema is None else ema.module
+    starting = {id(p): p.detach().clone() for g in optimizer.param_groups if g["name"] != "head"
+                for p in g["params"]} if recipe.l2_sp > 0 else {}
     history, best_score, best_state, candidates = History(), (-math.inf, -math.inf), None, []
     keep = max(recipe.soup, recipe.ensemble_epochs)  # best epochs' weights kept for a soup or an ensemble
     started, step, lr_scale, previous_val = time.perf_counter(), 0, 1.0, None
@@ -189,6 +191,8 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
                 sharpness_aware_gradients(model, lambda: soft_target_loss(task, model(normalize(images)), targets),
                                           recipe.sam_rho)
             optimizer.step()
+            if starting:
+                pull_to_start(optimizer, starting, recipe.l2_sp)
             if ema is not None:
                 ema.update_parameters(model)
             _lap(history.timings, "forward_backward", clock)
@@ -260,6 +264,15 @@ def linear_probe_head(model: nn.Module, train: Split, task: str) -> None:
                 probe = LogisticRegression(max_iter=2000).fit(features, column)
                 classifier.weight[k].copy_(torch.as_tensor(probe.coef_[0]))
                 classifier.bias[k] = float(probe.intercept_[0])
+
+
+@torch.no_grad()
+def pull_to_start(optimizer: torch.optim.Optimizer, starting: dict[int, torch.Tensor], strength: float) -> None:
+    """Decoupled L2-SP: move each body weight back toward its starting value by lr·strength of the gap."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if id(param) in starting and param.grad is not None:
+                param.sub_(param - starting[id(param)], alpha=group["lr"] * strength)
 
 
 def sharpness_aware_gradients(model: nn.Module, compute_loss, rho: float) -> None:

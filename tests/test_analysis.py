@@ -5,6 +5,7 @@ Expected numbers are computed by hand (with scipy's t quantile) from small table
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,3 +314,33 @@ def test_analyze_bundles_pooled_intervals_when_probabilities_are_present():
     assert analysis["problem_cells"] == [{"recipe": "a", "n": 200, "seed": 2, "status": "diverged",
                                           "test_auc": None, "error": "loss became NaN at epoch 3"}]
     assert set(analysis["samples_needed"]) == {"a", "b"} and set(analysis["fits"]) == {"a", "b"}
+
+
+def _benchmark_module(name):
+    import importlib.util
+    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_power_matches_a_simulation_and_reads_the_benchmark_cells(tmp_path):
+    power = _benchmark_module("paired_power")
+    rng = np.random.default_rng(0)
+    draws = rng.normal(0.02, 0.016, (100_000, 5))
+    simulated = float((power.lower_bounds(draws) > 0).mean())
+    assert abs(power.power(0.02, 0.016, 5) - simulated) < 0.01
+    assert power.power(0.0, 0.016, 5) < 0.03 and power.power(0.1, 0.016, 5) > 0.99
+    cells = [{"recipe": r, "n": 50, "seed": s, "status": "done", "test_auc": auc}
+             for s in range(7) for r, auc in (("a", 0.9 + 0.01 * s), ("b", 0.9))]
+    cells.append({"recipe": "a", "n": 50, "seed": 9, "status": "done", "test_auc": 0.95})  # no pair: left out
+    file = tmp_path / "bench.json"
+    file.write_text(json.dumps({"cells": cells}))
+    differences = power.paired_differences([file], 50, "a", "b")
+    assert sorted(differences) == list(range(7))
+    assert differences[3] == pytest.approx(0.03)
+    out = tmp_path / "power.json"
+    assert power.main([str(file), "--n", "50", "--arm", "a", "--peer", "b", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["subsets"] == 21 and result["mean"] == pytest.approx(0.03)

@@ -55,7 +55,7 @@ def test_normalize_uses_imagenet_statistics():
 def test_the_optional_parts_leave_the_default_views_unchanged_and_act_when_on():
     images = _batch(16)
     default = augment(images, Augmentation(), torch.Generator().manual_seed(7))
-    explicit_off = augment(images, Augmentation(zoom=0.0, brightness=0.0, contrast=0.0),
+    explicit_off = augment(images, Augmentation(zoom=0.0, brightness=0.0, contrast=0.0, erase=0.0),
                            torch.Generator().manual_seed(7))
     assert torch.equal(default, explicit_off)
 
@@ -82,3 +82,21 @@ def test_brightness_and_contrast_change_each_image_differently_and_stay_in_range
     means = out.mean(dim=(1, 2, 3))
     stds = out.std(dim=(1, 2, 3))
     assert means.max() - means.min() > 0.1 and stds.max() / stds.min() > 1.2
+
+
+def test_erasing_blacks_out_one_rectangle_in_about_the_chosen_share_of_images():
+    """erase=0.5 on bright images without geometry: about half of them get exactly one black
+    axis-aligned rectangle of 2-33 % of the area (allowing for rounding of its sides)."""
+    images = torch.full((400, 3, 32, 32), 0.8)
+    out = augment(images, Augmentation(rotation=0, flip=False, shift=0, erase=0.5), torch.Generator().manual_seed(10))
+    black = (out == 0).all(dim=1)  # B x H x W
+    erased = black.flatten(1).any(dim=1)
+    assert 150 < erased.sum() < 250
+    assert torch.equal(out[~erased], images[~erased])
+    for mask in black[erased]:
+        rows, cols = mask.any(dim=1).nonzero().flatten(), mask.any(dim=0).nonzero().flatten()
+        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert mask.sum() == height * width == len(rows) * len(cols)  # one solid rectangle
+        assert 0.01 * 1024 <= mask.sum() <= 0.40 * 1024
+    sizes = black[erased].flatten(1).sum(dim=1).float()
+    assert sizes.max() / sizes.min() > 4  # the area is drawn, not fixed

@@ -1,6 +1,7 @@
 """Recipes and the training loop: schedule values, learning-rate ratios, gradual unfreezing."""
 
 import copy
+from dataclasses import replace
 import math
 
 import pytest
@@ -13,7 +14,8 @@ from scarce.artifacts import save_weights
 from scarce.models import EpochEnsemble, create_model, layer_groups, load_trained
 from scarce.recipes import get_recipe, one_cycle, plateau_step, trainable_groups
 from scarce.train import (History, batches, fit, greedy_soup, linear_probe_head, make_optimizer,
-                          sharpness_aware_gradients, smooth, steps_per_epoch, validation_score)
+                          pull_to_start, sharpness_aware_gradients, smooth, steps_per_epoch,
+                          validation_score)
 
 from conftest import synthetic_split
 
@@ -364,6 +366,36 @@ def test_sam_takes_the_gradient_uphill_and_puts_the_weights_back():
         torch.testing.assert_close(p.grad, g)
     flat = torch.cat([p.grad.flatten() for p in model.parameters()])
     assert not torch.allclose(flat, torch.cat([g.flatten() for g in grads]), atol=1e-4)  # not the plain gradient
+
+
+def test_pull_to_start_moves_body_weights_back_by_lr_times_strength_of_the_gap_and_skips_the_rest():
+    body, head, frozen = nn.Parameter(torch.tensor([1.0, 3.0])), nn.Parameter(torch.tensor([2.0])), \
+        nn.Parameter(torch.tensor([5.0]))
+    optimizer = torch.optim.SGD([{"params": [body, frozen], "lr": 0.1, "name": "late"},
+                                 {"params": [head], "lr": 0.1, "name": "head"}], lr=0.1)
+    starting = {id(body): torch.tensor([0.0, 1.0]), id(frozen): torch.tensor([0.0])}
+    body.grad, head.grad = torch.zeros(2), torch.zeros(1)  # frozen has no gradient: it is not trained
+    pull_to_start(optimizer, starting, strength=4.0)
+    torch.testing.assert_close(body.detach(), torch.tensor([1.0 - 0.4 * 1.0, 3.0 - 0.4 * 2.0]))
+    assert head.item() == 2.0 and frozen.item() == 5.0
+
+
+def test_l2_sp_keeps_the_body_closer_to_its_starting_weights():
+    recipe = get_recipe("fine-tune-all")
+    free_start, _, free = _train_and_watch(recipe, epochs=3)
+    held_start, _, held = _train_and_watch(replace(recipe, l2_sp=200.0), epochs=3)
+    for group in ("early", "late"):
+        torch.testing.assert_close(free_start[group], held_start[group])
+        moved_free = (free[-1]["weights"][group] - free_start[group]).norm()
+        moved_held = (held[-1]["weights"][group] - held_start[group]).norm()
+        assert moved_held < 0.8 * moved_free, group
+    assert not torch.equal(held[-1]["weights"]["head"], held_start["head"])
+
+
+def test_recipe_rotation_and_erasing_reach_the_augmentation():
+    policy = get_recipe("small-data", rotation=0.0, erase=0.25).augmentation()
+    assert (policy.rotation, policy.erase, policy.shift, policy.flip) == (0.0, 0.25, 4, True)
+    assert get_recipe("small-data").augmentation().rotation == 10.0
 
 
 @pytest.mark.parametrize("task,classes", [("binary", 2), ("multiclass", 3)])
