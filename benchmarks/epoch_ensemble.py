@@ -28,29 +28,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 KS = (1, 2, 3, 4, 5, 10)
 
 
-def epoch_probabilities(n: int, seed: int, data: str, recipe_name: str, tta: int) -> np.ndarray:
+def epoch_probabilities(n: int, seed: int, data: str, recipe_name: str, tta: int, epochs: int = 10,
+                        train_seed: int | None = None) -> np.ndarray:
     """Validation probabilities after each epoch of one run (epochs x images), one clean pass plus
-    ``tta`` augmented ones, as a trained model is evaluated."""
+    ``tta`` augmented ones, as a trained model is evaluated. ``seed`` draws the training subset;
+    ``train_seed`` (default: the same) the new head, the batches and the augmentation."""
     from scarce.config import make_config
     from scarce.evaluate import predict
     from scarce.recipes import get_recipe
     from scarce.run import build_model, prepare_data
     from scarce.train import fit, steps_per_epoch
 
-    config = make_config(data=data, n=n, seed=seed, size=64, epochs=10, batch_size=16, threads=1,
+    train_seed = seed if train_seed is None else train_seed
+    config = make_config(data=data, n=n, seed=seed, size=64, epochs=epochs, batch_size=16, threads=1,
                          out="unused", progress=False)
     dataset, _, train = prepare_data(config)
     val = dataset.splits["val"]
     recipe = get_recipe(recipe_name, ensemble_epochs=0, soup=0, ema_decay=0.0)
-    model = build_model(config.backbone, config.pretrained, dataset.num_outputs, recipe, seed, config.size)
+    model = build_model(config.backbone, config.pretrained, dataset.num_outputs, recipe, train_seed, config.size)
     batch_size = recipe.batch_size_for(config.batch_size)
     per_epoch, probabilities = steps_per_epoch(len(train), batch_size, recipe.even_batches), []
 
     def after_step(step, model, optimizer):
         if (step + 1) % per_epoch == 0:
-            probabilities.append(predict(model, val.images, dataset.task, tta=tta, seed=seed))
+            probabilities.append(predict(model, val.images, dataset.task, tta=tta, seed=train_seed))
 
-    fit(model, train, val, dataset.task, recipe, config.epochs, batch_size, seed, progress=False, on_step=after_step)
+    fit(model, train, val, dataset.task, recipe, config.epochs, batch_size, train_seed, progress=False,
+        on_step=after_step)
     return np.stack(probabilities)
 
 
