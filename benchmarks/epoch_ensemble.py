@@ -58,6 +58,15 @@ def epoch_probabilities(n: int, seed: int, data: str, recipe_name: str, tta: int
     return np.stack(probabilities)
 
 
+def validation_labels(data: str, seeds: list[int]) -> np.ndarray:
+    """The validation split's labels; exits if a seed is one of the accuracy benchmark's (0-4)."""
+    if any(seed in range(5) for seed in seeds):
+        sys.exit("Seeds 0-4 are the accuracy benchmark's; judge candidates on other seeds (e.g. 100-109).")
+    from scarce.run import load_resized
+
+    return np.asarray(load_resized(data, None, "{}", 64).splits["val"].labels).ravel()
+
+
 def held_out_scores(probabilities: np.ndarray, labels: np.ndarray, seed: int) -> dict[int, list[float]]:
     """k -> AUC on one half of the mean of the k best epochs ranked on the other half (both ways)."""
     from sklearn.metrics import roc_auc_score
@@ -83,12 +92,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json")
     args = parser.parse_args()
-    if any(seed in range(5) for seed in args.seeds):
-        sys.exit("Seeds 0-4 are the accuracy benchmark's; judge candidates on other seeds (e.g. 100-109).")
-
-    from scarce.run import load_resized
-
-    labels = np.asarray(load_resized(args.data, None, "{}", 64).splits["val"].labels).ravel()
+    labels = validation_labels(args.data, args.seeds)
     cells = [(n, seed) for n in args.n for seed in args.seeds]
     with ProcessPoolExecutor(args.workers) as pool:
         runs = list(pool.map(epoch_probabilities, *zip(*[(n, s, args.data, args.recipe, args.tta) for n, s in cells])))

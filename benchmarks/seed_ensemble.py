@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from epoch_ensemble import epoch_probabilities  # noqa: E402
+from epoch_ensemble import epoch_probabilities, validation_labels  # noqa: E402
 
 # (run name, extra training seed, epochs); the training seed is the subset seed + the offset.
 RUNS = (("10 epochs", 0, 10), ("5 epochs a", 1000, 5), ("5 epochs b", 2000, 5), ("10 epochs b", 1000, 10))
@@ -60,14 +60,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json")
     args = parser.parse_args()
-    if any(seed in range(5) for seed in args.seeds):
-        sys.exit("Seeds 0-4 are the accuracy benchmark's; judge candidates on other seeds (e.g. 100-109).")
+    labels = validation_labels(args.data, args.seeds)
 
     from sklearn.metrics import roc_auc_score
 
-    from scarce.run import load_resized
-
-    labels = np.asarray(load_resized(args.data, None, "{}", 64).splits["val"].labels).ravel()
     jobs = [(seed, name, offset, epochs) for seed in args.seeds for name, offset, epochs in RUNS]
     with ProcessPoolExecutor(args.workers) as pool:
         results = list(pool.map(epoch_probabilities, [args.n] * len(jobs), [j[0] for j in jobs],
