@@ -1,8 +1,10 @@
 # Set-up and everyday commands. `make example` and `make test` create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
-# The data directory: $SCARCE_DATA_DIR if set, else ../shared/data when that folder exists.
-SCARCE_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
+# The data directory: $SCARCE_DATA_DIR if set and not empty, else ../shared/data when that folder exists.
+ifeq ($(strip $(SCARCE_DATA_DIR)),)
+SCARCE_DATA_DIR := $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
+endif
 export SCARCE_DATA_DIR
 
 .PHONY: install example test clean
