@@ -67,15 +67,27 @@ def validation_labels(data: str, seeds: list[int]) -> np.ndarray:
     return np.asarray(load_resized(data, None, "{}", 64).splits["val"].labels).ravel()
 
 
+def validation_halves(size: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Two random halves of the validation split (by ``seed``), as (rank on, score on), both ways round."""
+    order = np.random.default_rng(seed).permutation(size)
+    halves = (order[:size // 2], order[size // 2:])
+    return [halves, halves[::-1]]
+
+
+def rank_epochs(probabilities: np.ndarray, labels: np.ndarray, rank_on: np.ndarray) -> np.ndarray:
+    """Epoch indices, highest AUC on the ``rank_on`` images first (ties: the earlier epoch)."""
+    from sklearn.metrics import roc_auc_score
+
+    return np.argsort([-roc_auc_score(labels[rank_on], p[rank_on]) for p in probabilities], kind="stable")
+
+
 def held_out_scores(probabilities: np.ndarray, labels: np.ndarray, seed: int) -> dict[int, list[float]]:
     """k -> AUC on one half of the mean of the k best epochs ranked on the other half (both ways)."""
     from sklearn.metrics import roc_auc_score
 
-    order = np.random.default_rng(seed).permutation(len(labels))
-    halves = (order[:len(labels) // 2], order[len(labels) // 2:])
     scores: dict[int, list[float]] = {k: [] for k in KS}
-    for rank_on, score_on in (halves, halves[::-1]):
-        ranking = np.argsort([-roc_auc_score(labels[rank_on], p[rank_on]) for p in probabilities], kind="stable")
+    for rank_on, score_on in validation_halves(len(labels), seed):
+        ranking = rank_epochs(probabilities, labels, rank_on)
         for k in KS:
             mean = probabilities[ranking[:k]].mean(axis=0)
             scores[k].append(float(roc_auc_score(labels[score_on], mean[score_on])))

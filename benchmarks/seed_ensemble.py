@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from epoch_ensemble import epoch_probabilities, validation_labels  # noqa: E402
+from epoch_ensemble import epoch_probabilities, rank_epochs, validation_halves, validation_labels  # noqa: E402
 
 # (run name, extra training seed, epochs); the training seed is the subset seed + the offset.
 RUNS = (("10 epochs", 0, 10), ("5 epochs a", 1000, 5), ("5 epochs b", 2000, 5), ("10 epochs b", 1000, 10))
@@ -33,10 +33,7 @@ RUNS = (("10 epochs", 0, 10), ("5 epochs a", 1000, 5), ("5 epochs b", 2000, 5), 
 
 def top_k_mean(probabilities: np.ndarray, labels: np.ndarray, rank_on: np.ndarray, k: int) -> np.ndarray:
     """Mean probability of the k epochs with the highest AUC on the ``rank_on`` images."""
-    from sklearn.metrics import roc_auc_score
-
-    order = np.argsort([-roc_auc_score(labels[rank_on], p[rank_on]) for p in probabilities], kind="stable")
-    return probabilities[order[:k]].mean(axis=0)
+    return probabilities[rank_epochs(probabilities, labels, rank_on)[:k]].mean(axis=0)
 
 
 def arms(runs: dict[str, np.ndarray], labels: np.ndarray, rank_on: np.ndarray) -> dict[str, np.ndarray]:
@@ -72,9 +69,7 @@ def main() -> None:
     scores: dict[str, list[float]] = {}
     for seed in args.seeds:
         runs = {name: probs for (s, name, _, _), probs in zip(jobs, results) if s == seed}
-        order = np.random.default_rng(seed).permutation(len(labels))
-        halves = (order[:len(labels) // 2], order[len(labels) // 2:])
-        for rank_on, score_on in (halves, halves[::-1]):
+        for rank_on, score_on in validation_halves(len(labels), seed):
             for arm, probs in arms(runs, labels, rank_on).items():
                 scores.setdefault(arm, []).append(float(roc_auc_score(labels[score_on], probs[score_on])))
     reference = np.array(scores["default: 10 epochs, 5 best epochs"])

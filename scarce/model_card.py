@@ -60,7 +60,7 @@ def render(run: dict, metrics: dict, thresholds: dict | None) -> str:
               f"- Recipe: {m(metrics.get('recipe', recipe.get('name')))}: {m(recipe.get('description', ''))}",
               f"- Epochs: {metrics.get('epochs')} (ran {metrics.get('epochs_run')}), selected epoch "
               f"{metrics.get('best_epoch')} ({_SELECTION.get(recipe.get('select_by'), 'kept')}"
-              f"{_soup_text(metrics)}; validation loss "
+              f"{_kept_epochs_text(metrics)}; validation loss "
               f"{_number(metrics.get('best_val_loss'))}), batch size {recipe.get('batch_size') or config.get('batch_size')}, "
               f"seed {config.get('seed')}",
               f"- Test-time augmentation: 1 clean + {config.get('tta')} augmented passes", "",
@@ -163,7 +163,7 @@ def _read(path: Path) -> dict:
         raise ScarceError(f"{path} is not readable JSON ({error}).") from None
 
 
-def _soup_text(metrics: dict) -> str:
+def _kept_epochs_text(metrics: dict) -> str:
     kept = metrics.get("kept_epochs") or []
     if len(kept) < 2:
         return ""

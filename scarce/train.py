@@ -227,14 +227,13 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     bar.close()
     if best_state is None:  # every validation loss was NaN
         raise TrainingDiverged("validation loss was never finite")
-    if len(candidates) > 1 and recipe.ensemble_epochs > 1:
+    if len(candidates) > 1:
         clock = time.perf_counter()
-        best_state = epoch_ensemble(evaluated, candidates, val, task, recipe.select_by, history)
-        _lap(history.timings, "validate", clock)
-    elif len(candidates) > 1:
-        clock = time.perf_counter()
-        best_state = greedy_soup(evaluated, candidates, val, task, recipe.select_by, history,
-                                 train.images if recipe.recompute_batchnorm else None)
+        if recipe.ensemble_epochs > 1:
+            best_state = epoch_ensemble(evaluated, candidates, val, task, recipe.select_by, history)
+        else:
+            best_state = greedy_soup(evaluated, candidates, val, task, recipe.select_by, history,
+                                     train.images if recipe.recompute_batchnorm else None)
         _lap(history.timings, "validate", clock)
     history.seconds = time.perf_counter() - started
     return best_state, history
