@@ -51,7 +51,8 @@ def epoch_probabilities(n: int, seed: int, data: str, recipe_name: str, tta: int
 
     def after_step(step, model, optimizer):
         if (step + 1) % per_epoch == 0:
-            probabilities.append(predict(model, val.images, dataset.task, tta=tta, seed=train_seed))
+            probabilities.append(predict(model, val.images, dataset.task, tta=tta, seed=train_seed,
+                                         augmentation=recipe.tta_views()))
 
     fit(model, train, val, dataset.task, recipe, config.epochs, batch_size, train_seed, progress=False,
         on_step=after_step)

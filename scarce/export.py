@@ -79,9 +79,17 @@ def preprocessing_spec(trained: TrainedModel, onnx_file: Path) -> dict:
         "thresholds": {name: entry["values"] for name, entry in thresholds.get("thresholds", {}).items()},
         "thresholds_chosen_on": thresholds.get("chosen_on"),
         "test_time_augmentation": f"not in the graph; scarce averaged 1 clean and {trained.tta} augmented "
-                                  f"passes (rotation ±10°, horizontal flip, 4 px shift) for its metrics",
+                                  f"passes ({describe_views(trained.tta_views)}) for its metrics",
         "source_checkpoint_sha256": _sha256(trained.folder / "model.safetensors"),
     }
+
+
+def describe_views(views) -> str:
+    """The test-time views in words: 'rotation ±10°, horizontal flip, 4 px shift' for the standard ones."""
+    parts = [f"rotation ±{views.rotation:g}°" if views.rotation else "no rotation",
+             "horizontal flip" if views.flip else "no flip",
+             f"{views.shift} px shift" if views.shift else "no shift"]
+    return ", ".join(parts)
 
 
 def _sha256(path: Path) -> str:

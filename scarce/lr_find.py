@@ -18,7 +18,7 @@ from .artifacts import atomic_write
 from .augment import normalize, to_float
 from .data import Split
 from .models import GROUP_NAMES
-from .train import GroupFreezer, batches, make_optimizer, soft_target_loss, targets_for
+from .train import GroupFreezer, batch_strata, batches, make_optimizer, targets_for, training_loss
 
 
 def lr_sweep(model: nn.Module, train: Split, task: str, recipe, start: float = 1e-7, end: float = 10.0,
@@ -34,18 +34,20 @@ def lr_sweep(model: nn.Module, train: Split, task: str, recipe, start: float = 1
         freezer.apply(dict.fromkeys(GROUP_NAMES, True))
         ratios = {g: lr / recipe.lr for g, lr in recipe.group_learning_rates().items()}
         labels = torch.as_tensor(train.labels)
+        strata = batch_strata(task, labels) if recipe.stratified_batches else None
         num_outputs = model.get_classifier().out_features
         factor = (end / start) ** (1 / max(1, steps - 1))
         lrs, raw, smooth, average, best = [], [], [], 0.0, np.inf
         augmentation = recipe.augmentation()
         while len(lrs) < steps:
-            for index in batches(len(train), batch_size, generator, recipe.even_batches):
+            for index in batches(len(train), batch_size, generator, recipe.even_batches, strata):
                 lr = start * factor ** len(lrs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * ratios[group["name"]]
                 freezer.set_train_mode()
                 images = augmentation(to_float(train.images[index]), generator)
-                loss = soft_target_loss(task, model(normalize(images)), targets_for(task, labels[index], num_outputs))
+                loss = training_loss(task, model(normalize(images)), targets_for(task, labels[index], num_outputs),
+                                     recipe.pairwise)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

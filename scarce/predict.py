@@ -24,7 +24,9 @@ from torch import nn
 from . import artifacts
 from .decisions import THRESHOLD_NAMES, choose_thresholds, decide, thresholded_outputs
 from .errors import ScarceError
+from .augment import Augmentation
 from .evaluate import predict
+from .recipes import recipe_tta_views
 from .splits import SPLITS
 
 REQUIRED_FILES = ("model.safetensors", "run.json")
@@ -58,6 +60,11 @@ class TrainedModel:
         return int(self.run.get("config", {}).get("tta", 0))
 
     @property
+    def tta_views(self) -> Augmentation:
+        """The recipe's test-time views (its training geometry), as ``scarce train`` evaluated."""
+        return recipe_tta_views(self.run.get("recipe", {}))
+
+    @property
     def seed(self) -> int:
         return int(self.run.get("config", {}).get("seed", 0))
 
@@ -79,9 +86,10 @@ class TrainedModel:
         return name, list(self.thresholds["thresholds"][name]["values"])
 
 
-def validation_thresholds(model: nn.Module, val, task: str, classes: list[str], tta: int, seed: int) -> dict:
+def validation_thresholds(model: nn.Module, val, task: str, classes: list[str], tta: int, seed: int,
+                          views: Augmentation = Augmentation()) -> dict:
     """Thresholds chosen on the validation split (``thresholds.json``), predicted with the test's TTA and seed."""
-    probs = predict(model, val.images, task, tta=tta, seed=seed)
+    probs = predict(model, val.images, task, tta=tta, seed=seed, augmentation=views)
     return choose_thresholds(task, val.labels, probs, classes, chosen_on={
         "split": "val", "n": len(val), "tta_passes": {"clean": 1, "augmented": tta}, "seed": seed})
 
@@ -239,7 +247,8 @@ def predict_images(trained: TrainedModel, images: Images, tta: int | None = None
     tta = trained.tta if tta is None else tta
     if tta < 0:
         raise ScarceError(f"tta must be 0 or a positive whole number, not {tta}.")
-    return predict(trained.model, images.images, trained.task, tta=tta, seed=trained.seed)
+    return predict(trained.model, images.images, trained.task, tta=tta, seed=trained.seed,
+                   augmentation=trained.tta_views)
 
 
 def probability_columns(trained: TrainedModel, probs: np.ndarray) -> tuple[list[str], np.ndarray]:

@@ -51,6 +51,9 @@ class Recipe:
     # Split each epoch into batches of near-equal size (at most batch_size) instead of full batches
     # and a remainder: no step on a handful of images (noisy gradient and BatchNorm statistics).
     even_batches: bool = False
+    # Near-equal batches (as even_batches) that also hold each class in near-equal numbers, for
+    # binary and multi-class tasks (multi-label: even batches only): every step sees both classes.
+    stratified_batches: bool = False
     # Sharpness-aware minimisation: each step's gradient is taken at the weights moved this far
     # (L2) uphill, which favours flat minima; 0 = off. Twice the forward/backward work per step.
     sam_rho: float = 0.0
@@ -60,6 +63,8 @@ class Recipe:
     brightness: float = 0.0
     contrast: float = 0.0
     rotation: float = 10.0  # the standard policy's rotation range, ± degrees (0 = none)
+    flip: bool = True  # the standard policy's horizontal flip (p = 0.5); False for side-specific anatomy
+    shift: int = 4  # the standard policy's shift: random crop after this many pixels of zero padding
     # Random erasing (cutout): with this probability per image, a rectangle of 2-33 % of its area
     # (aspect 0.3-3.3, torchvision's RandomErasing defaults) is set to black; 0 = off.
     erase: float = 0.0
@@ -78,6 +83,9 @@ class Recipe:
     # moving average of the last augmented batches.
     recompute_batchnorm: bool = False
     label_smoothing: float = 0.0  # targets pulled towards uniform by this much (0 = off)
+    # Weight of a pairwise ranking loss added to the task's loss: softplus(s_neg − s_pos) over every
+    # positive-negative pair in the batch, a smooth surrogate of 1 − AUC (0 = off).
+    pairwise: float = 0.0
     # Exponential moving average of the weights, updated after every step with this decay
     # (0 = off). Validation, selection and the saved model then use the averaged weights.
     ema_decay: float = 0.0
@@ -109,13 +117,25 @@ class Recipe:
         return self.batch_size or run_batch_size
 
     def augmentation(self) -> Augmentation:
-        """The training augmentation: the standard policy (with the recipe's rotation range) plus the
-        recipe's zoom, brightness, contrast and random erasing."""
-        return Augmentation(rotation=self.rotation, zoom=self.zoom, brightness=self.brightness,
-                            contrast=self.contrast, erase=self.erase)
+        """The training augmentation: the standard policy (with the recipe's rotation range, flip and
+        shift) plus the recipe's zoom, brightness, contrast and random erasing."""
+        return Augmentation(rotation=self.rotation, flip=self.flip, shift=self.shift, zoom=self.zoom,
+                            brightness=self.brightness, contrast=self.contrast, erase=self.erase)
+
+    def tta_views(self) -> Augmentation:
+        """The views test-time augmentation draws: the training geometry (rotation, flip, shift), so
+        a recipe trained without flips is never tested on flipped images; no zoom, intensity or erasing."""
+        return recipe_tta_views(self.to_dict())
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def recipe_tta_views(recipe: dict) -> Augmentation:
+    """TTA views for a recipe as stored in run.json (fields it lacks take the standard policy's value)."""
+    standard = Augmentation()
+    return Augmentation(rotation=float(recipe.get("rotation", standard.rotation)),
+                        flip=bool(recipe.get("flip", standard.flip)), shift=int(recipe.get("shift", standard.shift)))
 
 
 def one_cycle(step: int, total: int, peak: float, pct_start: float = 0.3, div_factor: float = 25.0,
@@ -255,6 +275,8 @@ def get_recipe(name: str, **overrides) -> Recipe:
                           "ensemble_epochs = 0 to use a soup.")
     if recipe.ensemble_epochs < 0:
         raise ScarceError(f"Recipe setting ensemble_epochs must be 0 (off) or more, not {recipe.ensemble_epochs}.")
+    if recipe.shift < 0:
+        raise ScarceError(f"Recipe setting shift must be 0 (none) or more pixels, not {recipe.shift}.")
     if recipe.batch_size < 0:
         raise ScarceError(f"Recipe setting batch_size must be 0 (the run's) or more, not {recipe.batch_size}.")
     return recipe

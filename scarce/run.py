@@ -75,7 +75,8 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
     started = time.perf_counter()
     model, _ = load_trained(checkpoint)
     test = dataset.splits["test"]
-    probs = predict(model, test.images, dataset.task, tta=config.tta, seed=config.seed)
+    probs = predict(model, test.images, dataset.task, tta=config.tta, seed=config.seed,
+                    augmentation=recipe.tta_views())
     test_metrics = task_metrics(dataset.task, test.labels, probs, seed=config.seed)
     artifacts.write_npy(out / "test_probabilities.npy", probs)
     metrics = {
@@ -109,7 +110,7 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
     artifacts.write_json(out / "run.json", provenance)
     artifacts.write_text(out / "history.csv", _history_csv(history))
     thresholds = validation_thresholds(model, dataset.splits["val"], dataset.task, dataset.classes,
-                                       config.tta, config.seed)
+                                       config.tta, config.seed, recipe.tta_views())
     artifacts.write_json(out / "thresholds.json", thresholds)
     artifacts.write_text(out / "MODEL_CARD.md", render_model_card(provenance, metrics, thresholds))
     artifacts.write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run

@@ -48,17 +48,31 @@ class History:
     timings: dict = field(default_factory=lambda: {"augment": 0.0, "forward_backward": 0.0, "validate": 0.0})
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator, even: bool = False) -> list[torch.Tensor]:
+def batches(n: int, batch_size: int, generator: torch.Generator, even: bool = False,
+            strata: torch.Tensor | None = None) -> list[torch.Tensor]:
     """A shuffled split of ``range(n)`` into batches; a last batch of one joins the one before
     (BatchNorm cannot train on a single image). With ``even``, the same number of batches but of
-    near-equal sizes (50 images at 16: 13, 13, 12, 12 instead of 16, 16, 16, 2)."""
+    near-equal sizes (50 images at 16: 13, 13, 12, 12 instead of 16, 16, 16, 2). With ``strata``
+    (a class per image), those near-equal batches also hold each class in near-equal numbers: the
+    shuffled images, grouped by class, are dealt out to the batches in turn."""
     order = torch.randperm(n, generator=generator)
+    if strata is not None:
+        grouped = order[torch.argsort(strata[order], stable=True)]
+        count = math.ceil(n / batch_size)
+        return [grouped[i::count] for i in range(count)]
     if even:
         return list(order.tensor_split(math.ceil(n / batch_size)))
     parts = list(order.split(batch_size))
     if len(parts) > 1 and len(parts[-1]) == 1:
         parts[-2] = torch.cat([parts[-2], parts.pop()])
     return parts
+
+
+def batch_strata(task: str, labels: torch.Tensor) -> torch.Tensor | None:
+    """The class of each image for stratified batches; None for multi-label tasks (no single class)."""
+    if task == "multilabel":
+        return None
+    return labels.reshape(len(labels), -1)[:, 0].long()
 
 
 def steps_per_epoch(n: int, batch_size: int, even: bool = False) -> int:
@@ -142,9 +156,10 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     mixup_rng = np.random.default_rng(seed)
     optimizer = make_optimizer(model, recipe)[0]
     freezer = GroupFreezer(model, recipe)
-    per_epoch = steps_per_epoch(len(train), batch_size, recipe.even_batches)
+    per_epoch = steps_per_epoch(len(train), batch_size, recipe.even_batches or recipe.stratified_batches)
     total, head_only_steps = epochs * per_epoch, min(epochs, recipe.head_only_epochs) * per_epoch
     labels = torch.as_tensor(train.labels)
+    strata = batch_strata(task, labels) if recipe.stratified_batches else None
     num_outputs = _num_outputs(model)
     if recipe.select_by not in SELECT_BY:
         raise ValueError(f"select_by must be one of {', '.join(SELECT_BY)}, not {recipe.select_by!r}")
@@ -159,7 +174,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     bar = tqdm(total=total, desc="training", unit="step", disable=not progress, leave=False)
     for epoch in range(epochs):
         running, seen = 0.0, 0
-        for index in batches(len(train), batch_size, generator, recipe.even_batches):
+        for index in batches(len(train), batch_size, generator, recipe.even_batches, strata):
             if recipe.schedule == "one-cycle":
                 trainable, rates, beta1 = step_plan(step, total, head_only_steps, recipe)
             else:
@@ -181,15 +196,16 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
             if recipe.mixup_alpha > 0:
                 images, targets = mixup(images, targets, recipe.mixup_alpha, mixup_rng, generator)
             clock = _lap(history.timings, "augment", clock)
-            loss = soft_target_loss(task, model(normalize(images)), targets)
+            loss = training_loss(task, model(normalize(images)), targets, recipe.pairwise)
             if not torch.isfinite(loss):
                 bar.close()
                 raise TrainingDiverged(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if recipe.sam_rho > 0:
-                sharpness_aware_gradients(model, lambda: soft_target_loss(task, model(normalize(images)), targets),
-                                          recipe.sam_rho)
+                sharpness_aware_gradients(
+                    model, lambda: training_loss(task, model(normalize(images)), targets, recipe.pairwise),
+                    recipe.sam_rho)
             optimizer.step()
             if starting:
                 pull_to_start(optimizer, starting, recipe.l2_sp)
@@ -403,6 +419,29 @@ def soft_target_loss(task: str, logits: torch.Tensor, targets: torch.Tensor) -> 
     if task == "multiclass":
         return F.cross_entropy(logits, targets)
     return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def training_loss(task: str, logits: torch.Tensor, targets: torch.Tensor, pairwise: float = 0.0) -> torch.Tensor:
+    """The task's loss, plus ``pairwise`` times the pairwise ranking loss when that is above 0."""
+    loss = soft_target_loss(task, logits, targets)
+    return loss + pairwise * pairwise_ranking_loss(logits, targets) if pairwise > 0 else loss
+
+
+def pairwise_ranking_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """A smooth surrogate of 1 − AUC: softplus(s_neg − s_pos) averaged over every (positive, negative)
+    pair of images in the batch, per output (one-vs-rest), over the outputs that have both.
+
+    Targets at or above 0.5 count as positive (so smoothed or mixed targets still rank); a batch
+    with no such pair adds 0.
+    """
+    positive = targets >= 0.5
+    total, outputs = logits.new_zeros(()), 0
+    for k in range(logits.shape[1]):
+        pos, neg = logits[positive[:, k], k], logits[~positive[:, k], k]
+        if len(pos) and len(neg):
+            total = total + F.softplus(neg[None, :] - pos[:, None]).mean()
+            outputs += 1
+    return total / max(outputs, 1)
 
 
 def smooth(task: str, targets: torch.Tensor, amount: float) -> torch.Tensor:

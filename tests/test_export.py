@@ -9,7 +9,8 @@ from PIL import Image
 import scarce
 from scarce.cli import main
 from scarce.evaluate import predict
-from scarce.export import onnx_outputs, probabilities_from_onnx
+from scarce.augment import Augmentation
+from scarce.export import describe_views, onnx_outputs, probabilities_from_onnx
 from scarce.models import IMAGENET_MEAN, IMAGENET_STD, load_trained
 from scarce.run import load_resized
 
@@ -53,6 +54,7 @@ def test_the_spec_is_enough_to_feed_the_onnx_file_by_hand(run, data_dir, tmp_pat
     assert spec["preprocessing"]["mean"] == list(IMAGENET_MEAN) and spec["preprocessing"]["std"] == list(IMAGENET_STD)
     assert spec["classes"] == ["normal", "pneumonia"] and spec["task"] == "binary"
     assert spec["thresholds"]["youden"] == thresholds["thresholds"]["youden"]["values"]
+    assert "augmented passes (rotation ±10°, horizontal flip, 4 px shift)" in spec["test_time_augmentation"]
     assert spec["parity"]["checked"] and spec["parity"]["max_abs_diff_probabilities"] <= TOLERANCE
     # A gray PNG prepared with numpy from the spec alone gives the probability scarce predicts for it.
     with np.load(data_dir / "pneumonia_kaggle_64.npz") as archive:
@@ -93,3 +95,8 @@ def test_an_unknown_format_is_one_sentence(tmp_path, capsys):
     assert main(["export", "--model", str(tmp_path), "--format", "tflite"]) == 2
     error = capsys.readouterr().err
     assert error.strip() == "scarce: error: Unknown export format 'tflite'; scarce exports onnx."
+
+
+def test_the_spec_names_the_recipes_own_test_time_views():
+    assert describe_views(Augmentation()) == "rotation ±10°, horizontal flip, 4 px shift"
+    assert describe_views(Augmentation(rotation=5, flip=False, shift=0)) == "rotation ±5°, no flip, no shift"

@@ -26,7 +26,7 @@ from scarce.decisions import reliability, sensitivity_threshold, youden_threshol
 from scarce.evaluate import predict
 from scarce.explain import explained_classes, grad_cam, target_layer
 from scarce.models import load_trained
-from scarce.predict import load_images, load_model_folder
+from scarce.predict import load_images, load_model_folder, predict_images
 from scarce.run import load_resized
 
 pytestmark = pytest.mark.slow
@@ -175,6 +175,25 @@ def test_predict_sees_the_same_pixels_and_probabilities_as_training(run, pngs, n
     found = np.array([float(r["prob_pneumonia"]) for r in _rows(out)])
     expected = predict(trained.model, test.images[order], "binary", tta=0)
     np.testing.assert_allclose(found, expected, atol=1e-5)
+
+
+def test_test_time_views_follow_the_recipes_geometry(npz, tmp_path):
+    """A recipe trained without rotation, flip and shift is tested on the same geometry: its TTA
+    views are the image itself, so two augmented passes give the clean prediction, in training's
+    evaluation and in predict; the standard views (with flips) would not."""
+    out = tmp_path / "still"
+    options = {"rotation": 0.0, "flip": False, "shift": 0}
+    scarce.train(data=str(npz), n=20, epochs=1, tta=2, threads=1, size=64, seed=0, out=str(out),
+                 progress=False, recipe_options=options)
+    trained = load_model_folder(out)
+    assert (trained.tta_views.rotation, trained.tta_views.flip, trained.tta_views.shift) == (0.0, False, 0)
+    images = _test_split(npz).images[:200]
+    clean = predict(trained.model, images, "binary", tta=0)
+    np.testing.assert_allclose(np.load(out / "test_probabilities.npy")[:200], clean, atol=1e-5)
+    np.testing.assert_allclose(predict_images(trained, load_images(str(npz), 64)), np.load(out / "test_probabilities.npy"),
+                               atol=1e-5)
+    standard = predict(trained.model, images, "binary", tta=2)
+    assert np.abs(standard - clean).max() > 1e-3
 
 
 def test_a_run_without_thresholds_decides_at_half_and_says_so(run, pngs, tmp_path, capsys):

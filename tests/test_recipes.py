@@ -7,15 +7,16 @@ import math
 import pytest
 import torch
 from torch import nn
+import torch.nn.functional as F
 
-from scarce.augment import normalize, to_float
+from scarce.augment import Augmentation, normalize, to_float
 from scarce.errors import ScarceError
 from scarce.artifacts import save_weights
 from scarce.models import EpochEnsemble, create_model, layer_groups, load_trained
-from scarce.recipes import get_recipe, one_cycle, plateau_step, trainable_groups
-from scarce.train import (History, batches, fit, greedy_soup, linear_probe_head, make_optimizer,
-                          pull_to_start, sharpness_aware_gradients, smooth, steps_per_epoch,
-                          validation_score)
+from scarce.recipes import get_recipe, one_cycle, plateau_step, recipe_tta_views, trainable_groups
+from scarce.train import (History, batch_strata, batches, fit, greedy_soup, linear_probe_head, make_optimizer,
+                          pairwise_ranking_loss, pull_to_start, sharpness_aware_gradients, smooth,
+                          steps_per_epoch, training_loss, validation_score)
 
 from conftest import synthetic_split
 
@@ -398,6 +399,33 @@ def test_recipe_rotation_and_erasing_reach_the_augmentation():
     assert get_recipe("small-data").augmentation().rotation == 10.0
 
 
+def test_recipe_flip_and_shift_reach_training_and_test_time_views():
+    recipe = get_recipe("small-data", flip=False, shift=2, zoom=0.1)
+    assert (recipe.augmentation().flip, recipe.augmentation().shift, recipe.augmentation().zoom) == (False, 2, 0.1)
+    views = recipe.tta_views()  # the geometry only: no zoom at test time
+    assert (views.rotation, views.flip, views.shift, views.zoom) == (10.0, False, 2, 0.0)
+    assert recipe_tta_views({}) == Augmentation()  # a run.json from before these fields: the standard views
+    with pytest.raises(ScarceError, match="shift must be 0"):
+        get_recipe("small-data", shift=-1)
+    with pytest.raises(ScarceError, match="flip.*true or false"):
+        get_recipe("small-data", flip=1)
+
+
+def test_pairwise_ranking_loss_is_the_mean_softplus_over_positive_negative_pairs():
+    logits = torch.tensor([[2.0, 0.0], [1.0, 3.0], [-1.0, 1.0], [0.5, -2.0]])
+    targets = torch.tensor([[1.0, 0.0], [0.9, 0.0], [0.0, 0.0], [0.2, 1.0]])  # 0.9 counts as positive
+    first = sum(F.softplus(torch.tensor(n - p)) for p in (2.0, 1.0) for n in (-1.0, 0.5)) / 4
+    second = sum(F.softplus(torch.tensor(n - -2.0)) for n in (0.0, 3.0, 1.0)) / 3
+    torch.testing.assert_close(pairwise_ranking_loss(logits, targets), (first + second) / 2)
+    assert pairwise_ranking_loss(logits, torch.ones(4, 2)) == 0  # no pair: nothing to rank
+    far = torch.tensor([[20.0], [-20.0]])
+    assert pairwise_ranking_loss(far, torch.tensor([[1.0], [0.0]])) < 1e-6  # ranked right with a margin
+    assert pairwise_ranking_loss(far, torch.tensor([[0.0], [1.0]])) > 39  # ranked wrong
+    bce = training_loss("binary", logits[:, :1], targets[:, :1])
+    torch.testing.assert_close(training_loss("binary", logits[:, :1], targets[:, :1], pairwise=2.0),
+                               bce + 2 * pairwise_ranking_loss(logits[:, :1], targets[:, :1]))
+
+
 @pytest.mark.parametrize("task,classes", [("binary", 2), ("multiclass", 3)])
 def test_linear_probe_head_is_the_logistic_regression_of_the_clean_training_features(task, classes):
     from sklearn.linear_model import LogisticRegression
@@ -436,3 +464,25 @@ def test_even_batches_have_near_equal_sizes_and_cover_every_image_once():
         "binary", get_recipe("scratch", even_batches=True), epochs=1, batch_size=16, progress=False,
         on_step=lambda step, model, optimizer: steps.append(step))
     assert steps == [0, 1]  # 20 images at 16: two steps of 10, not 16 + 4
+
+
+def test_stratified_batches_hold_each_class_in_near_equal_numbers():
+    labels = torch.tensor([0] * 30 + [1] * 20)  # unbalanced on purpose: 3 of 5 per class share
+    parts = batches(50, 8, torch.Generator().manual_seed(0), strata=labels)
+    assert sorted(torch.cat(parts).tolist()) == list(range(50)) and len(parts) == 7
+    assert {len(p) for p in parts} <= {7, 8}
+    assert all(int(labels[p].sum()) in (2, 3) for p in parts)  # 20 positives over 7 batches
+    plain = batches(50, 8, torch.Generator().manual_seed(0), even=True)
+    assert len({int(labels[p].sum()) for p in plain}) > 2  # random batches do vary more
+    assert batch_strata("binary", labels.view(-1, 1).float()).tolist() == labels.tolist()
+    assert batch_strata("multilabel", torch.ones(4, 3)) is None
+    states = {}
+    for option in ("even_batches", "stratified_batches"):  # same steps and draws; only the grouping differs
+        seen = []
+        torch.manual_seed(0)
+        states[option], _ = fit(create_model("efficientnet_lite0", "scratch"), synthetic_split(20, seed=0),
+                                synthetic_split(8, seed=1), "binary", get_recipe("scratch", **{option: True},
+                                select_by="last"), epochs=2, batch_size=16, progress=False,
+                                on_step=lambda step, model, optimizer: seen.append(step))
+        assert seen == [0, 1, 2, 3]  # 20 images at 16: two near-equal steps per epoch
+    assert not torch.equal(states["even_batches"]["conv_head.weight"], states["stratified_batches"]["conv_head.weight"])
