@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from . import artifacts
+from .augment import Augmentation
 from .decisions import THRESHOLD_NAMES, choose_thresholds, decide, thresholded_outputs
 from .errors import ScarceError
-from .augment import Augmentation
 from .evaluate import predict
 from .recipes import recipe_tta_views
 from .splits import SPLITS

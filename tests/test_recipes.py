@@ -4,6 +4,7 @@ import copy
 from dataclasses import replace
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -486,3 +487,12 @@ def test_stratified_batches_hold_each_class_in_near_equal_numbers():
                                 on_step=lambda step, model, optimizer: seen.append(step))
         assert seen == [0, 1, 2, 3]  # 20 images at 16: two near-equal steps per epoch
     assert not torch.equal(states["even_batches"]["conv_head.weight"], states["stratified_batches"]["conv_head.weight"])
+    # multi-label images have no single class: near-equal batches, as many steps as the schedule counts
+    tagged = [synthetic_split(n, seed=seed) for n, seed in ((17, 0), (8, 1))]
+    for split in tagged:
+        split.labels = np.stack([split.labels, 1 - split.labels, split.labels], axis=1)
+    seen = []
+    fit(create_model("efficientnet_lite0", "scratch", 3), tagged[0], tagged[1], "multilabel",
+        get_recipe("scratch", stratified_batches=True, select_by="last"), epochs=1, batch_size=16, progress=False,
+        on_step=lambda step, model, optimizer: seen.append(optimizer.param_groups[-1]["lr"]))
+    assert len(seen) == steps_per_epoch(17, 16, even=True) == 2  # 9 + 8, not 16 + 1 joined into one
