@@ -47,7 +47,7 @@ def epoch_probabilities(n: int, seed: int, data: str, recipe_name: str, tta: int
     recipe = get_recipe(recipe_name, ensemble_epochs=0, soup=0, ema_decay=0.0)
     model = build_model(config.backbone, config.pretrained, dataset.num_outputs, recipe, train_seed, config.size)
     batch_size = recipe.batch_size_for(config.batch_size)
-    per_epoch, probabilities = steps_per_epoch(len(train), batch_size, recipe.even_batches), []
+    per_epoch, probabilities = steps_per_epoch(len(train), batch_size, recipe.near_equal_batches), []
 
     def after_step(step, model, optimizer):
         if (step + 1) % per_epoch == 0:

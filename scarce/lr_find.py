@@ -40,8 +40,7 @@ def lr_sweep(model: nn.Module, train: Split, task: str, recipe, start: float = 1
         lrs, raw, smooth, average, best = [], [], [], 0.0, np.inf
         augmentation = recipe.augmentation()
         while len(lrs) < steps:
-            for index in batches(len(train), batch_size, generator,
-                                 recipe.even_batches or recipe.stratified_batches, strata):
+            for index in batches(len(train), batch_size, generator, recipe.near_equal_batches, strata):
                 lr = start * factor ** len(lrs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * ratios[group["name"]]

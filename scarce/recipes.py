@@ -116,6 +116,11 @@ class Recipe:
         """Images per step: the recipe's own batch size, or the run's when it has none."""
         return self.batch_size or run_batch_size
 
+    @property
+    def near_equal_batches(self) -> bool:
+        """Whether each epoch is cut into batches of near-equal size (stratified batches are too)."""
+        return self.even_batches or self.stratified_batches
+
     def augmentation(self) -> Augmentation:
         """The training augmentation: the standard policy (with the recipe's rotation range, flip and
         shift) plus the recipe's zoom, brightness, contrast and random erasing."""

@@ -156,8 +156,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     mixup_rng = np.random.default_rng(seed)
     optimizer = make_optimizer(model, recipe)[0]
     freezer = GroupFreezer(model, recipe)
-    even = recipe.even_batches or recipe.stratified_batches  # stratified batches are near-equal ones too
-    per_epoch = steps_per_epoch(len(train), batch_size, even)
+    per_epoch = steps_per_epoch(len(train), batch_size, recipe.near_equal_batches)
     total, head_only_steps = epochs * per_epoch, min(epochs, recipe.head_only_epochs) * per_epoch
     labels = torch.as_tensor(train.labels)
     strata = batch_strata(task, labels) if recipe.stratified_batches else None
@@ -175,7 +174,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     bar = tqdm(total=total, desc="training", unit="step", disable=not progress, leave=False)
     for epoch in range(epochs):
         running, seen = 0.0, 0
-        for index in batches(len(train), batch_size, generator, even, strata):
+        for index in batches(len(train), batch_size, generator, recipe.near_equal_batches, strata):
             if recipe.schedule == "one-cycle":
                 trainable, rates, beta1 = step_plan(step, total, head_only_steps, recipe)
             else:
