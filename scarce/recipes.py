@@ -26,7 +26,9 @@ class Recipe:
     # Fraction of all training iterations after which (early, late, head) become trainable;
     # 0 = from the start, None = never (stays frozen).
     unfreeze_at: tuple[float | None, float | None, float | None] = (0.2, 0.1, 0.0)
-    optimizer: str = "adam"  # "adam" or "adamw" (decoupled weight decay)
+    # "adam", "adamw" (decoupled weight decay) or "sgd" (momentum = β1, cycled like Adam's β1;
+    # weight decay as L2 on the gradient).
+    optimizer: str = "adam"
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.95, 0.85)  # β1 at the ends / at the peak of the cycle; β2 = 0.99
     pct_start: float = 0.3  # share of iterations spent warming up
@@ -253,6 +255,10 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in [
 DEFAULT_RECIPE = "small-data"
 SELECT_BY = ("val_loss", "val_auc", "last")
 HEAD_INITS = ("random", "linear-probe")
+# Every text setting and the values it may take, checked once in get_recipe.
+CHOICES = {"schedule": ("one-cycle", "plateau"), "optimizer": ("adam", "adamw", "sgd"),
+           "initialization": ("pretrained", "weight-distribution"), "select_by": SELECT_BY,
+           "head_init": HEAD_INITS, "model": ("cnn", "radiomics")}
 
 
 def get_recipe(name: str, **overrides) -> Recipe:
@@ -268,10 +274,9 @@ def get_recipe(name: str, **overrides) -> Recipe:
     for key, value in overrides.items():
         _check_type(key, value, Recipe.__dataclass_fields__[key].default)
     recipe = replace(RECIPES[name], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-    if recipe.select_by not in SELECT_BY:
-        raise ScarceError(f"Recipe setting select_by must be one of {', '.join(SELECT_BY)}, not {recipe.select_by!r}.")
-    if recipe.head_init not in HEAD_INITS:
-        raise ScarceError(f"Recipe setting head_init must be one of {', '.join(HEAD_INITS)}, not {recipe.head_init!r}.")
+    for key, allowed in CHOICES.items():
+        if getattr(recipe, key) not in allowed:
+            raise ScarceError(f"Recipe setting {key} must be one of {', '.join(allowed)}, not {getattr(recipe, key)!r}.")
     if recipe.soup > 1 and recipe.select_by == "last":
         raise ScarceError("Recipe setting soup needs select_by val_loss or val_auc to rank epochs, not 'last'.")
     if recipe.soup > 1 and recipe.ensemble_epochs > 1:

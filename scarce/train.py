@@ -89,10 +89,23 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> tuple[torch.optim.Optimi
     peaks = recipe.group_learning_rates()
     param_groups = [{"params": [parameters[name] for name in groups[group]], "lr": peaks[group],
                      "name": group} for group in GROUP_NAMES]
-    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[recipe.optimizer]
-    optimizer = kind(param_groups, lr=recipe.lr, betas=(recipe.betas[0], 0.99),
-                     weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "sgd":
+        optimizer = torch.optim.SGD(param_groups, lr=recipe.lr, momentum=recipe.betas[0],
+                                    weight_decay=recipe.weight_decay)
+    else:
+        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[recipe.optimizer]
+        optimizer = kind(param_groups, lr=recipe.lr, betas=(recipe.betas[0], 0.99),
+                         weight_decay=recipe.weight_decay)
     return optimizer, peaks
+
+
+def set_momentum(optimizer: torch.optim.Optimizer, beta1: float) -> None:
+    """Adam's β1 or SGD's momentum, whichever the optimizer has."""
+    for group in optimizer.param_groups:
+        if "betas" in group:
+            group["betas"] = (beta1, group["betas"][1])
+        else:
+            group["momentum"] = beta1
 
 
 class GroupFreezer:
@@ -186,7 +199,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
             freezer.set_train_mode()
             for param_group in optimizer.param_groups:
                 param_group["lr"] = rates[param_group["name"]]
-                param_group["betas"] = (beta1, param_group["betas"][1])
+            set_momentum(optimizer, beta1)
             clock = time.perf_counter()
             images = to_float(train.images[index])
             images = augmentation(images, generator)

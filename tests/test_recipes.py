@@ -174,9 +174,33 @@ def test_kept_epoch_follows_the_recipes_selection_rule(select_by):
     assert all(v > 0 for v in history.timings.values())
 
 
-def test_unknown_selection_rule_is_one_sentence():
-    with pytest.raises(ScarceError, match="select_by must be one of val_loss, val_auc, last"):
-        get_recipe("regular", select_by="val_accuracy")
+@pytest.mark.parametrize("key, value, allowed", [
+    ("select_by", "val_accuracy", "val_loss, val_auc, last"),
+    ("optimizer", "lion", "adam, adamw, sgd"),
+    ("schedule", "cosine", "one-cycle, plateau"),
+    ("initialization", "random", "pretrained, weight-distribution"),
+    ("model", "vit", "cnn, radiomics")])
+def test_unknown_text_setting_is_one_sentence_naming_the_allowed_values(key, value, allowed):
+    with pytest.raises(ScarceError, match=f"^Recipe setting {key} must be one of {allowed}, not '{value}'.$"):
+        get_recipe("regular", **{key: value})
+
+
+def test_sgd_steps_are_momentum_sgd_steps_and_its_momentum_cycles_like_adams_beta1():
+    recipe = get_recipe("fine-tune-all", optimizer="sgd", lr=0.01, weight_decay=0.1)
+    model = create_model("efficientnet_lite0", "scratch")
+    optimizer, _ = make_optimizer(model, recipe)
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["momentum"] == 0.95
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for parameter in model.parameters():
+        parameter.grad = torch.ones_like(parameter)
+    optimizer.step()  # first step: the momentum buffer is the gradient plus L2 decay
+    for name, parameter in model.named_parameters():
+        assert torch.allclose(parameter, before[name] - 0.01 * (1 + 0.1 * before[name]), atol=1e-6), name
+    momenta = []
+    fit(model, synthetic_split(32), synthetic_split(16, seed=1), "binary", recipe, 5, batch_size=16,
+        progress=False, on_step=lambda step, m, opt: momenta.append(opt.param_groups[0]["momentum"]))
+    assert momenta == pytest.approx([one_cycle(step, 10, 0.01)[1] for step in range(10)])
+    assert max(momenta) > 0.94 and min(momenta) < 0.86
 
 
 def test_weight_average_follows_every_step_and_is_what_is_returned():
