@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     lr_find = commands.add_parser("lr-find", help="sweep the learning rate, plot the loss, suggest a rate")
     for action in train._actions:
-        if action.dest not in ("help", "tta", "epochs", "overwrite", "replace"):
+        if action.dest not in ("help", "tta", "epochs", "overwrite", "replace", "out"):
             lr_find._add_action(action)
+    lr_find.add_argument("--out", help="output folder (default runs/lr-find)")
 
     study = commands.add_parser("study", help="recipes × training-set sizes × seeds, resumable")
     study_commands = study.add_subparsers(dest="study_command", required=True)

@@ -25,7 +25,7 @@ from .data import Split
 from .evaluate import predict_logits, probabilities, task_loss
 from .metrics import point_auc
 from .models import GROUP_NAMES, EpochEnsemble, group_modules, layer_groups
-from .recipes import SELECT_BY, Recipe, plateau_step, step_plan
+from .recipes import SELECT_BY, Recipe, plateau_step, step_plan, trainable_groups
 
 
 class TrainingDiverged(RuntimeError):
@@ -191,7 +191,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
             if recipe.schedule == "one-cycle":
                 trainable, rates, beta1 = step_plan(step, total, head_only_steps, recipe)
             else:
-                trainable = {group: at is not None for group, at in zip(GROUP_NAMES, recipe.unfreeze_at)}
+                trainable = trainable_groups(step, total, recipe)
                 rates = {g: lr * lr_scale for g, lr in recipe.group_learning_rates().items()}
                 beta1 = recipe.betas[0]
             if trainable != freezer.state:

@@ -97,3 +97,10 @@ def test_malformed_config_names_the_file(tmp_path):
     config.write_text("epocs = 3\n")
     result = _scarce("train", "--config", str(config))
     assert result.returncode == 2 and "unknown field 'epocs'. Did you mean 'epochs'?" in result.stderr
+
+
+@pytest.mark.parametrize("command, default", [("train", "runs/train"), ("lr-find", "runs/lr-find")])
+def test_help_names_each_commands_own_default_output_folder(command, default, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert f"output folder (default {default})" in " ".join(capsys.readouterr().out.split())

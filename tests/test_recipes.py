@@ -132,6 +132,15 @@ def test_regular_recipe_trains_all_groups_with_one_rate_and_keeps_its_optimizer(
     assert all(len(set(entry["lrs"])) == 1 for entry in trace)
 
 
+def test_plateau_recipes_follow_unfreeze_at_like_one_cycle_ones_and_above_1_means_never():
+    recipe = get_recipe("regular", unfreeze_at=[2.0, 0.5, 0.0])  # early never, late from half-way
+    initial, _, trace = _train_and_watch(recipe, epochs=2)  # 4 steps
+    assert all(torch.equal(entry["weights"]["early"], initial["early"]) for entry in trace)
+    assert torch.equal(trace[1]["weights"]["late"], initial["late"])
+    assert not torch.equal(trace[2]["weights"]["late"], initial["late"])
+    assert not torch.equal(trace[0]["weights"]["head"], initial["head"])
+
+
 def test_best_epoch_is_the_one_with_the_lowest_validation_loss():
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0", "scratch")
