@@ -29,7 +29,9 @@ os.umask(_UMASK)
 WRITE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
                 errno.EFBIG: "the file would exceed the file-size limit", errno.EROFS: "the file system is read-only",
                 errno.EACCES: "permission denied", errno.EPERM: "the operation is not permitted",
-                errno.ENOTDIR: "a part of the path is a file, not a folder"}
+                errno.ENOTDIR: "a part of the path is a file, not a folder",
+                errno.EEXIST: "a part of the path is a file, not a folder",
+                errno.EISDIR: "a folder of that name is in the way"}
 
 
 def write_error(path, error: OSError) -> CannotWrite | None:
@@ -71,6 +73,17 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    """A JSON table scarce wrote (run.json, metrics.json, …), or one sentence if it is damaged."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ScarceError(f"{path} is not readable JSON ({error}); restore it from the training run.") from None
+    if not isinstance(value, dict):
+        raise ScarceError(f"{path} is not the JSON table scarce writes; restore it from the training run.")
+    return value
 
 
 def write_npy(path: Path, array) -> None:
@@ -141,14 +154,21 @@ def remove_stale_temporaries(folder: Path, recursive: bool = True) -> int:
     return len(stale)
 
 
-def prepare_output(out: Path, overwrite: bool, marker: str = "metrics.json") -> Path:
-    """Create the output folder; refuse to replace a finished run unless ``overwrite``."""
+def check_output(out: Path, overwrite: bool, marker: str = "metrics.json") -> None:
+    """Refuse a file as the output folder, or a finished run there unless ``overwrite`` (creates nothing:
+    call it before slow work, and :func:`prepare_output` once that work succeeded)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ScarceError(f"Output path {out} is a file; give a folder for --out.")
     if (out / marker).exists() and not overwrite:
         raise ScarceError(f"{out} already holds a finished run ({marker}); choose another --out "
                           f"or pass --overwrite to replace it.")
+
+
+def prepare_output(out: Path, overwrite: bool, marker: str = "metrics.json") -> Path:
+    """Create the output folder; refuse to replace a finished run unless ``overwrite``."""
+    out = Path(out)
+    check_output(out, overwrite, marker)
     try:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out, recursive=False)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
+import warnings
+from pathlib import Path
 
 from .errors import EXIT_USER_ERROR, ScarceError
 
@@ -126,6 +128,11 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         "see docs/data.md)")
 
 
+def _value(number: float | None) -> str:
+    """A metric to four decimals, or 'undefined' (an AUC on a split with one class)."""
+    return "undefined (one class only)" if number is None or number != number else f"{number:.4f}"
+
+
 def _key_value(text: str) -> tuple[str, object]:
     """'key=value' with the value read as a TOML value when it is one (numbers, lists), else text."""
     import tomllib
@@ -162,16 +169,16 @@ def run_train(args: argparse.Namespace) -> int:
     config = make_config(args.config, **_settings(args))
     result = train(config)
     m = result.metrics
-    low, high = m["test_auc_ci"] or (float("nan"), float("nan"))
     fitted = (f"best epoch {m['best_epoch']}/{m['epochs_run']}" if m["best_epoch"] is not None  # radiomics: no epochs
               else f"{m['cv_folds']}-fold cross-validated C {m['regularisation_C']}")
     if m.get("epoch_ensemble"):
         fitted += f" (an ensemble of epochs {', '.join(str(e) for e in m['kept_epochs'])})"
     print(f"recipe {m['recipe']}, n_train {m['n_train']}, seed {m['seed']}, {fitted}, "
           f"{m['train_seconds']:.0f} s training")
-    print(f"test AUC {m['test_auc']:.4f} (95% CI {low:.4f}-{high:.4f}), accuracy {m['test_accuracy']:.4f}"
-          + (f", sensitivity {m['test_sensitivity']:.4f}, specificity {m['test_specificity']:.4f}"
-             if m.get("test_sensitivity") is not None else ""))
+    interval = f" (95% CI {m['test_auc_ci'][0]:.4f}-{m['test_auc_ci'][1]:.4f})" if m["test_auc_ci"] else ""
+    print(f"test AUC {_value(m['test_auc'])}{interval}, accuracy {m['test_accuracy']:.4f}"
+          + (f", sensitivity {_value(m['test_sensitivity'])}, specificity {_value(m['test_specificity'])}"
+             if "test_sensitivity" in m else ""))
     written = [name for name in ("metrics.json", "model.safetensors", "run.json", "history.csv", "test_probabilities.npy",
                                    "thresholds.json", "MODEL_CARD.md")
                if (result.out / name).exists()]
@@ -240,7 +247,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_model(args.model, args.data, args.out, **_use_settings(args))
     ci = result["auc_ci"]
     interval = f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""
-    auc = "undefined" if result["auc"] is None else f"{result['auc']:.4f}"
+    auc = _value(result["auc"])
     print(f"{result['data']['n']} images: AUC {auc}{interval}, expected calibration error "
           f"{result['calibration']['ece']:.4f}")
     if result["data"]["same_source_as_training"]:
@@ -285,7 +292,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     print(f"upstream {source['name']}{excluded}: {source['task']}, {len(source['classes'])} classes, "
           f"n_train {training['n_train']}, recipe {training['recipe']}, best epoch {training['best_epoch']}"
           f"/{training['epochs_run']}, {training['train_seconds']:.0f} s training")
-    print(f"val AUC {val['auc']:.4f}, val loss {val['loss']:.4f}; test AUC {test['auc']:.4f}, "
+    print(f"val AUC {_value(val['auc'])}, val loss {val['loss']:.4f}; test AUC {_value(test['auc'])}, "
           f"accuracy {test['accuracy']:.4f}")
     print(f"wrote {args.out}/backbone.safetensors, manifest.json; use it with --pretrained {args.out}")
     return 0
@@ -296,12 +303,27 @@ HANDLERS = {"data": run_data, "study": run_study_command, "train": run_train, "l
             "export": run_export, "model-card": run_model_card}
 
 
+def _one_line_warnings(default):
+    """A ``warnings.showwarning`` that prints scarce's own warnings as one line, like its errors, and
+    hands other packages' warnings to ``default``."""
+    package = Path(__file__).resolve().parent
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if Path(filename).resolve().parent == package:
+            print(f"scarce: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .train import TrainingDiverged
 
     try:
-        return HANDLERS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            return HANDLERS[args.command](args)
     except ScarceError as error:
         print(f"scarce: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import difflib
+import os
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import ScarceError
-from .recipes import DEFAULT_RECIPE
+from .recipes import DEFAULT_RECIPE, get_recipe
+
+MAX_SIZE = 1024  # images are resized once and held in memory: a larger side is almost surely a typo
+# What each annotation of TrainConfig accepts, and how to say it.
+_KINDS = {"str": ((str, os.PathLike), "text"), "str | None": ((str, os.PathLike, type(None)), "text"),
+          "dict": ((dict,), "a table"),
+          "bool": ((bool,), "true or false"), "int": ((int,), "a whole number"),
+          "int | None": ((int, type(None)), "a whole number")}
 
 
 @dataclass
@@ -34,8 +42,18 @@ class TrainConfig:
     progress: bool = True  # progress bar on stderr
 
     def validate(self) -> "TrainConfig":
+        for setting in fields(self):
+            value = getattr(self, setting.name)
+            accepted, words = _KINDS[setting.type]
+            if not isinstance(value, accepted) or (bool not in accepted and isinstance(value, bool)):
+                raise ScarceError(f"{setting.name} must be {words}, not {value!r}.")
         if not self.data:
             raise ScarceError("No data given; pass --data PATH or set data in the config file.")
+        if self.seed < 0:
+            raise ScarceError(f"seed must be 0 or a positive whole number, not {self.seed}.")
+        if self.size > MAX_SIZE:
+            raise ScarceError(f"size must be at most {MAX_SIZE} pixels (every image is resized to it and held "
+                              f"in memory), not {self.size}.")
         positive = {"size": self.size, "epochs": self.epochs, "batch_size": self.batch_size}
         if self.n is not None:
             positive["n"] = self.n
@@ -44,8 +62,12 @@ class TrainConfig:
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ScarceError(f"{name} must be a positive whole number, not {value!r}.")
-        if not isinstance(self.tta, int) or self.tta < 0:
+        if self.tta < 0:
             raise ScarceError(f"tta must be 0 or a positive whole number, not {self.tta!r}.")
+        recipe = get_recipe(self.recipe, **self.recipe_options)
+        if recipe.model == "cnn" and recipe.head_only_epochs >= self.epochs:
+            raise ScarceError(f"Recipe setting head_only_epochs ({recipe.head_only_epochs}) must be fewer than "
+                              f"epochs ({self.epochs}), or the recipe's own schedule never runs.")
         return self
 
     def to_dict(self) -> dict:
@@ -62,6 +84,10 @@ def read_toml(path: str | Path, what: str = "Config file") -> dict:
         raise ScarceError(f"{what} {path} does not exist.") from None
     except tomllib.TOMLDecodeError as error:
         raise ScarceError(f"{what} {path} is not valid TOML ({error}); fix the line it names.") from None
+    except UnicodeDecodeError:
+        raise ScarceError(f"{what} {path} is not UTF-8 text; save it as UTF-8 (TOML requires it).") from None
+    except OSError as error:
+        raise ScarceError(f"{what} {path} cannot be read ({error.strerror}); give a TOML file.") from None
 
 
 def check_fields(values: dict, known: set[str], where: str) -> None:
@@ -77,7 +103,7 @@ def load_config(path: str | Path) -> dict:
     path = Path(path)
     values = read_toml(path)
     check_fields(values, {f.name for f in fields(TrainConfig)}, f"Config file {path}")
-    if isinstance(values.get("data"), str) and not Path(values["data"]).is_absolute():
+    if isinstance(values.get("data"), str) and values["data"] and not Path(values["data"]).is_absolute():
         relative = path.parent / values["data"]
         if relative.exists():
             values["data"] = str(relative)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -119,31 +121,41 @@ def load_npz(path: str | os.PathLike, classes: list[str] | None = None,
     """
     path = Path(path)
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise ScarceError(f"{path} is not a readable .npz file ({error}).") from None
-    with archive:
-        missing = [f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels")
-                   if f"{s}_{kind}" not in archive.files]
-        if missing:
-            raise ScarceError(f"{path} lacks the arrays {', '.join(missing)}; a MedMNIST-layout "
-                              f"file needs train/val/test _images and _labels.")
-        raw = {s: {key[len(s) + 1:]: archive[key] for key in archive.files if key.startswith(s + "_")}
-               for s in SPLITS}
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels")
+                       if f"{s}_{kind}" not in archive.files]
+            if missing:
+                raise ScarceError(f"{path} lacks the arrays {', '.join(missing)}; a MedMNIST-layout "
+                                  f"file needs train/val/test _images and _labels.")
+            raw = {s: {key[len(s) + 1:]: archive[key] for key in archive.files if key.startswith(s + "_")}
+                   for s in SPLITS}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise ScarceError(f"{path} is not a readable .npz file ({error}); download or write it again.") from None
+    for name, arrays in raw.items():
+        _check_npz_split(path, name, arrays["images"], arrays["labels"])
     label_width = raw["train"]["labels"].reshape(len(raw["train"]["labels"]), -1).shape[1]
+    widths = {name: arrays["labels"].reshape(len(arrays["labels"]), -1).shape[1] for name, arrays in raw.items()}
+    if len(set(widths.values())) > 1:
+        raise ScarceError(f"{path}: the label arrays have different widths per split {widths}; every split "
+                          f"needs the same label layout.")
     task = task or ("multilabel" if label_width > 1 else None)
     splits = {}
     for name, arrays in raw.items():
-        if np.isnan(arrays["labels"].astype(float)).any():  # before the cast, which would warn
-            raise ScarceError(f"{path}: {name}_labels contains NaN; every image needs a label.")
         labels = arrays["labels"].reshape(len(arrays["labels"]), -1).astype(np.int64)
-        images = arrays["images"]
-        if images.dtype != np.uint8:
-            raise ScarceError(f"{path}: {name}_images has dtype {images.dtype}; expected uint8.")
-        images = torch.from_numpy(images)
+        images = torch.from_numpy(arrays["images"])
         images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
         splits[name] = Split(images.contiguous(), labels if label_width > 1 else labels[:, 0],
                              arrays.get("meta"), arrays.get("files"))
+    if label_width > 1 and ((splits["train"].labels != 0) & (splits["train"].labels != 1)).any():
+        raise ScarceError(f"{path}: train_labels has {label_width} columns (multi-label) but values other than "
+                          f"0 and 1; give one class index per image or 0/1 columns.")
+    if label_width == 1:
+        present = set(np.unique(splits["train"].labels).tolist())
+        expected = set(range(max(int(max(s.labels.max() for s in splits.values())) + 1, 2)))
+        if present != expected:
+            absent = ", ".join(str(k) for k in sorted(expected - present))
+            raise ScarceError(f"{path}: no training image has class {absent}; every class index from 0 to "
+                              f"{max(expected)} needs training images (a classifier needs at least two classes).")
     if task is None:
         n_classes = int(max(s.labels.max() for s in splits.values())) + 1
         task = "binary" if n_classes <= 2 else "multiclass"
@@ -156,6 +168,29 @@ def load_npz(path: str | os.PathLike, classes: list[str] | None = None,
     if len(classes) != n_classes:
         raise ScarceError(f"{path} has {n_classes} classes but {len(classes)} class names were given.")
     return ImageDataset(path.stem, task, list(classes), splits, file_fingerprint(path), str(path))
+
+
+def _check_npz_split(path: Path, name: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """One split's arrays as a MedMNIST-layout file has them, or one sentence naming the array."""
+    if images.dtype != np.uint8:
+        raise ScarceError(f"{path}: {name}_images has dtype {images.dtype}; expected uint8.")
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3)):
+        raise ScarceError(f"{path}: {name}_images has shape {images.shape}; expected N x H x W (gray) "
+                          f"or N x H x W x 3 (RGB).")
+    if len(images) == 0:
+        raise ScarceError(f"{path}: {name}_images is empty; every split needs images.")
+    if len(labels) != len(images):
+        raise ScarceError(f"{path}: {name}_labels has {len(labels)} labels for {len(images)} images; "
+                          f"give one label (row) per image.")
+    if labels.dtype.kind not in "biuf":
+        raise ScarceError(f"{path}: {name}_labels has dtype {labels.dtype}; labels are class indices or 0/1 numbers.")
+    values = labels.astype(float)
+    if np.isnan(values).any():
+        raise ScarceError(f"{path}: {name}_labels contains NaN; every image needs a label.")
+    if (values < 0).any() or (values != np.round(values)).any():
+        raise ScarceError(f"{path}: {name}_labels holds values that are not whole numbers 0 or more "
+                          f"(such as {values[(values < 0) | (values != np.round(values))][0]:g}); labels are "
+                          f"class indices or 0/1 columns.")
 
 
 # Class names of the datasets whose files carry none (MedMNIST stores them separately).
@@ -183,6 +218,26 @@ _SOURCE_OPTIONS = {
         "patient_column", "split_column", "delimiter"},
 }
 LOAD_OPTIONS = sorted(set().union(*_SOURCE_OPTIONS.values()))
+# The kind of value each option takes (every other option: text).
+_OPTION_KINDS = {"download": "flag", "cache": "flag", "size": "positive", "seed": "seed", "fractions": "fractions",
+                 "classes": "names", "label_columns": "names", "exclude_labels": "name or names"}
+_KIND_WORDS = {"flag": "true or false", "positive": "a positive whole number", "seed": "a whole number 0 or more",
+               "fractions": "a list of three numbers", "names": "a list of names", "name or names":
+               "a name or a list of names", "text": "text"}
+
+
+def _check_option(key: str, value) -> None:
+    """Refuse an option value of the wrong kind before a reader trips over it."""
+    kind = _OPTION_KINDS.get(key, "text")
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    names = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    ok = {"flag": isinstance(value, bool), "positive": whole and value > 0, "seed": whole and value >= 0,
+          "fractions": isinstance(value, (list, tuple)) and len(value) == 3
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value),
+          "names": names, "name or names": names or isinstance(value, str),
+          "text": isinstance(value, (str, os.PathLike))}[kind]
+    if not ok:
+        raise ScarceError(f"Data option {key} must be {_KIND_WORDS[kind]}, not {value!r}.")
 
 
 def load_dataset(path: str | os.PathLike, directory: str | os.PathLike | None = None,
@@ -200,6 +255,8 @@ def load_dataset(path: str | os.PathLike, directory: str | os.PathLike | None = 
     unknown = sorted(set(options) - set(LOAD_OPTIONS))
     if unknown:
         raise ScarceError(f"Unknown data option {unknown[0]!r}; the options are {', '.join(LOAD_OPTIONS)}.")
+    for key, value in options.items():
+        _check_option(key, value)
     resolved = _locate(path, directory, options.get("download", True))
     kind = ("npz" if resolved.suffix.lower() == ".npz" else "folder" if resolved.is_dir()
             else "table" if resolved.suffix.lower() in sources.TABLE_SUFFIXES else None)

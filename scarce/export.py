@@ -20,7 +20,7 @@ from .augment import normalize, to_float
 from .decisions import thresholded_outputs
 from .errors import ScarceError
 from .models import IMAGENET_MEAN, IMAGENET_STD
-from .predict import TrainedModel, load_model_folder
+from .predict import TrainedModel, load_model_folder, refuse_model_file
 
 FORMATS = ("onnx",)
 OPSET = 18
@@ -106,6 +106,11 @@ def export_model(model: str | Path, format: str = "onnx", out: str | Path | None
     out = Path(out) if out is not None else trained.folder / "model.onnx"
     if out.is_dir():
         raise ScarceError(f"--out {out} is a folder; give a file name such as {out}/model.onnx.")
+    if spec_path(out).is_dir():
+        raise ScarceError(f"{spec_path(out)}, where the spec of {out.name} goes, is a folder; move it or "
+                          f"choose another --out.")
+    for path in (out, spec_path(out)):
+        refuse_model_file(path, trained.folder)
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter needs it; fail here in one sentence)
     except ImportError:

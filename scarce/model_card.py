@@ -7,7 +7,6 @@ Names a user chose (data source, classes) are escaped so they cannot break the M
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -149,18 +148,16 @@ def write_model_card(folder: str | Path) -> Path:
     for name in ("run.json", "metrics.json"):
         if not (folder / name).is_file():
             raise ScarceError(f"{folder} lacks {name}; give the --out folder of a finished scarce train.")
-        records[name] = _read(folder / name)
-    thresholds = _read(folder / "thresholds.json") if (folder / "thresholds.json").is_file() else None
-    path = folder / CARD
-    artifacts.write_text(path, render(records["run.json"], records["metrics.json"], thresholds))
-    return path
-
-
-def _read(path: Path) -> dict:
+        records[name] = artifacts.read_json(folder / name)
+    thresholds = artifacts.read_json(folder / "thresholds.json") if (folder / "thresholds.json").is_file() else None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ScarceError(f"{path} is not readable JSON ({error}).") from None
+        card = render(records["run.json"], records["metrics.json"], thresholds)
+    except (KeyError, TypeError, AttributeError, ValueError):  # a file edited by hand into another layout
+        raise ScarceError(f"The JSON files in {folder} do not have the layout scarce train writes; restore them "
+                          f"from the training run.") from None
+    path = folder / CARD
+    artifacts.write_text(path, card)
+    return path
 
 
 def _kept_epochs_text(metrics: dict) -> str:

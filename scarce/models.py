@@ -23,6 +23,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def check_backbone(backbone: str) -> None:
+    """Refuse a name timm does not know, suggesting similar ones."""
+    if backbone not in timm.list_models():
+        suggestions = timm.list_models(f"*{backbone.split('_')[0]}*")[:5]
+        hint = f" Similar names: {', '.join(suggestions)}." if suggestions else ""
+        raise ScarceError(f"Unknown backbone '{backbone}'; give a timm model name.{hint}")
+
+
 def create_model(backbone: str, pretrained: str = "imagenet", num_outputs: int = 1,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> nn.Module:
     """A timm model with a new head of ``num_outputs`` logits and the requested weights.
@@ -33,10 +41,7 @@ def create_model(backbone: str, pretrained: str = "imagenet", num_outputs: int =
     regularizers = {"drop_rate": drop_rate}
     if drop_path_rate:  # only models with residual blocks take it
         regularizers["drop_path_rate"] = drop_path_rate
-    if backbone not in timm.list_models():
-        suggestions = timm.list_models(f"*{backbone.split('_')[0]}*")[:5]
-        hint = f" Similar names: {', '.join(suggestions)}." if suggestions else ""
-        raise ScarceError(f"Unknown backbone '{backbone}'; give a timm model name.{hint}")
+    check_backbone(backbone)
     if pretrained == "scratch":
         return timm.create_model(backbone, pretrained=False, num_classes=num_outputs, **regularizers)
     if pretrained != "imagenet":

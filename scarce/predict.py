@@ -29,8 +29,18 @@ from .evaluate import predict
 from .recipes import recipe_tta_views
 from .splits import SPLITS
 
-REQUIRED_FILES = ("model.safetensors", "run.json")
 SPLIT_CHOICES = (*SPLITS, "all")
+REQUIRED_FILES = ("model.safetensors", "run.json")
+# What `scarce train` writes into a model folder: no other command may write over these.
+MODEL_FILES = (*REQUIRED_FILES, "metrics.json", "thresholds.json", "history.csv", "test_probabilities.npy",
+               "MODEL_CARD.md", "config_hash.txt")
+
+
+def refuse_model_file(out: Path, folder: Path) -> None:
+    """One sentence instead of writing ``out`` over one of the model folder's own files."""
+    out = Path(out)
+    if out.name in MODEL_FILES and out.resolve().parent == Path(folder).resolve():
+        raise ScarceError(f"--out {out} would replace the model's own {out.name}; choose another file name.")
 
 
 @dataclass
@@ -83,7 +93,11 @@ class TrainedModel:
                 return name, [0.5] * len(thresholded_outputs(self.task, self.classes))
             raise ScarceError(f"{self.folder} has no thresholds.json (trained before scarce stored thresholds), "
                               f"so only --threshold 0.5 applies; train the model again for {name}.")
-        return name, list(self.thresholds["thresholds"][name]["values"])
+        try:
+            return name, list(self.thresholds["thresholds"][name]["values"])
+        except (KeyError, TypeError):
+            raise ScarceError(f"{self.folder / 'thresholds.json'} holds no threshold '{name}'; restore it from "
+                              f"the training run, or choose another --threshold.") from None
 
 
 def validation_thresholds(model: nn.Module, val, task: str, classes: list[str], tta: int, seed: int,
@@ -105,8 +119,12 @@ def load_model_folder(folder: str | Path) -> TrainedModel:
     if missing:
         raise ScarceError(f"{folder} is not a scarce model folder: it lacks {' and '.join(missing)}; "
                           f"give the --out folder of a finished scarce train.")
-    run = _read_json(folder / "run.json")
-    thresholds = _read_json(folder / "thresholds.json") if (folder / "thresholds.json").is_file() else None
+    run = artifacts.read_json(folder / "run.json")
+    broken = [key for key in ("config", "recipe", "data") if not isinstance(run.get(key, {}), dict)]
+    if broken:
+        raise ScarceError(f"{folder / 'run.json'} has no table '{broken[0]}' as scarce train writes it; "
+                          f"restore it from the training run.")
+    thresholds = artifacts.read_json(folder / "thresholds.json") if (folder / "thresholds.json").is_file() else None
     _, info = artifacts.load_weights(folder / "model.safetensors")
     if "backbone" not in info and info.get("model"):
         raise ScarceError(f"{folder} holds a {info['model']} model; predict, evaluate and export take CNN models "
@@ -116,13 +134,6 @@ def load_model_folder(folder: str | Path) -> TrainedModel:
         raise ScarceError(f"{folder}/model.safetensors lacks task, classes or size in its metadata; "
                           f"give a model.safetensors written by scarce train.")
     return TrainedModel(folder, model, info, run, thresholds)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ScarceError(f"{path} is not readable JSON ({error}); restore it from the training run.") from None
 
 
 @dataclass
@@ -209,7 +220,8 @@ def _unlabelled_files(path: Path) -> list[Path] | None:
         return None
     if not path.is_dir() or any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
         return None
-    files, _ = sources._image_files(path)
+    files, skipped = sources._image_files(path)
+    sources.warn_skipped(path, skipped)
     if not files:
         raise ScarceError(f"Folder {path} has no images and no class subfolders; give image files "
                           f"({', '.join(sources.IMAGE_SUFFIXES)}) or a folder per class.")
@@ -330,6 +342,7 @@ def predict_source(model: str | Path, data: str | Path, out: str | Path, split: 
     out = Path(out)
     if out.is_dir():
         raise ScarceError(f"--out {out} is a folder; give a CSV file name such as {out}/predictions.csv.")
+    refuse_model_file(out, trained.folder)
     images = load_images(data, trained.size, split, data_dir, options)
     labels = model_labels(trained, images)
     probs = predict_images(trained, images, tta)

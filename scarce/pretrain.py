@@ -64,12 +64,13 @@ def pretrain(config: TrainConfig | None = None, /, exclude_labels: list[str] | t
     if recipe.ensemble_epochs > 1:
         raise ScarceError(f"Recipe '{recipe.name}' keeps an ensemble of epochs, but an upstream model is one "
                           f"backbone; set ensemble_epochs = 0 in its recipe options or use fine-tune-all.")
-    out = artifacts.prepare_output(Path(config.out), config.overwrite, marker=MANIFEST_FILE)
-    for stale in (MANIFEST_FILE, BACKBONE_FILE):  # never pair an old manifest with new weights
-        (out / stale).unlink(missing_ok=True)
+    out = Path(config.out)
+    for marker in (MANIFEST_FILE, "metrics.json"):  # an upstream model, or a run of `scarce train`
+        artifacts.check_output(out, config.overwrite, marker=marker)
     config.overwrite = True  # the folder is ours now: the manifest, not metrics.json, marks it finished
 
-    result = train(config)
+    result = train(config)  # bad input stops here, with an earlier upstream model still whole
+    (out / MANIFEST_FILE).unlink(missing_ok=True)  # never pair an old manifest with new weights
     model, info = load_trained(out / "model.safetensors")
     head = set(layer_groups(model).head)
     body = {name: tensor for name, tensor in model.state_dict().items() if name not in head}
@@ -147,6 +148,7 @@ def backbone_file(pretrained: str) -> Path:
 def read_source(pretrained: str, backbone: str, size: int | None) -> tuple[Path, dict[str, torch.Tensor], dict]:
     """The backbone file, its tensors and metadata, checked against the run's backbone and image size."""
     path = backbone_file(pretrained)
+    read_manifest(path)  # a damaged manifest stops the run now, not after training
     state, info = artifacts.load_weights(path)
     if "backbone" not in info or "size" not in info:
         raise ScarceError(f"Pretrained source {path} lacks scarce's metadata (backbone, size); give a "
@@ -192,9 +194,14 @@ def source_record(pretrained: str) -> dict | None:
     if not is_source_path(pretrained):
         return None
     path = backbone_file(pretrained)
-    manifest_path = path.parent / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
-    return {"given": pretrained, "file": str(path.resolve()), "sha256": file_fingerprint(path), "manifest": manifest}
+    return {"given": pretrained, "file": str(path.resolve()), "sha256": file_fingerprint(path),
+            "manifest": read_manifest(path)}
+
+
+def read_manifest(backbone: Path) -> dict | None:
+    """The manifest beside an upstream backbone file (None if there is none), or one sentence if damaged."""
+    path = Path(backbone).parent / MANIFEST_FILE
+    return artifacts.read_json(path) if path.is_file() else None
 
 
 def source_identity(pretrained: str) -> str:

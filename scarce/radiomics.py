@@ -180,8 +180,9 @@ def train_radiomics(config: TrainConfig, recipe: Recipe):
     from .run import RunResult, data_provenance, prepare_data, result_metrics
     from .train import History
 
-    out = artifacts.prepare_output(Path(config.out), config.overwrite)
+    artifacts.check_output(Path(config.out), config.overwrite)
     dataset, subset, train_split = prepare_data(config)
+    out = artifacts.prepare_output(Path(config.out), config.overwrite)  # now: bad data leaves no empty folder
     started = time.perf_counter()
     x = split_features(dataset)
     feature_seconds = time.perf_counter() - started

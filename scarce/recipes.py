@@ -261,8 +261,26 @@ CHOICES = {"schedule": ("one-cycle", "plateau"), "optimizer": ("adam", "adamw", 
            "head_init": HEAD_INITS, "model": ("cnn", "radiomics")}
 
 
-def get_recipe(name: str, **overrides) -> Recipe:
+# Every number setting's allowed range, checked once in get_recipe: (settings, low, high, low
+# included, high included, the range in words).
+LIMITS = [
+    (("lr", "group_ratio", "div_factor", "final_div_factor", "head_only_lr"), 0, math.inf, False, False,
+     "a number above 0"),
+    (("weight_decay", "plateau_threshold", "plateau_min_lr", "sam_rho", "mixup_alpha", "pairwise", "l2_sp",
+      "head_only_epochs", "soup"), 0, math.inf, True, False, "0 or more"),
+    (("pct_start", "head_only_pct_start"), 0, 1, False, False, "between 0 and 1 (both excluded)"),
+    (("plateau_factor",), 0, 1, False, True, "above 0 and at most 1"),
+    (("zoom", "head_dropout", "drop_path", "label_smoothing", "ema_decay"), 0, 1, True, False,
+     "at least 0 and below 1"),
+    (("brightness", "contrast", "erase"), 0, 1, True, True, "between 0 and 1"),
+    (("rotation",), 0, 180, True, True, "between 0 and 180 degrees"),
+]
+
+
+def get_recipe(name: str, /, **overrides) -> Recipe:
     """The registered recipe ``name``, with ``overrides`` replacing its fields."""
+    if not isinstance(name, str):
+        raise ScarceError(f"A recipe is given by its name (text), not {name!r}; see `scarce recipes`.")
     if name not in RECIPES:
         close = difflib.get_close_matches(name, RECIPES, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else f" Known recipes: {', '.join(RECIPES)}."
@@ -277,6 +295,20 @@ def get_recipe(name: str, **overrides) -> Recipe:
     for key, allowed in CHOICES.items():
         if getattr(recipe, key) not in allowed:
             raise ScarceError(f"Recipe setting {key} must be one of {', '.join(allowed)}, not {getattr(recipe, key)!r}.")
+    for keys, low, high, low_in, high_in, words in LIMITS:
+        for key in keys:
+            value = getattr(recipe, key)
+            if not ((low <= value if low_in else low < value) and (value <= high if high_in else value < high)):
+                raise ScarceError(f"Recipe setting {key} must be {words}, not {value!r}.")
+    if not all(_is_number(beta) and 0 <= beta < 1 for beta in recipe.betas):
+        raise ScarceError(f"Recipe setting betas must be two numbers at least 0 and below 1, not {list(recipe.betas)}.")
+    starts = [at for at in recipe.unfreeze_at if at is not None]
+    if not all(_is_number(at) and at >= 0 for at in starts) \
+            or 0 not in starts:
+        raise ScarceError(f"Recipe setting unfreeze_at must be three fractions 0 or more (above 1 = never), at "
+                          f"least one of them 0 so that a group trains from the start, not {list(recipe.unfreeze_at)}.")
+    if recipe.pretrained is not None and not isinstance(recipe.pretrained, str):
+        raise ScarceError(f"Recipe setting pretrained must be imagenet, scratch or a path, not {recipe.pretrained!r}.")
     if recipe.soup > 1 and recipe.select_by == "last":
         raise ScarceError("Recipe setting soup needs select_by val_loss or val_auc to rank epochs, not 'last'.")
     if recipe.soup > 1 and recipe.ensemble_epochs > 1:
@@ -290,6 +322,10 @@ def get_recipe(name: str, **overrides) -> Recipe:
     if recipe.batch_size < 0:
         raise ScarceError(f"Recipe setting batch_size must be 0 (the run's) or more, not {recipe.batch_size}.")
     return recipe
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_type(key: str, value, default) -> None:

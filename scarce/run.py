@@ -49,11 +49,13 @@ def train(config: TrainConfig | None = None, /, **settings) -> RunResult:
     if recipe.model == "radiomics":  # no CNN: features and a logistic regression, same files out
         from .radiomics import train_radiomics
         return train_radiomics(config, recipe)
-    out = artifacts.prepare_output(Path(config.out), config.overwrite)
+    artifacts.check_output(Path(config.out), config.overwrite)
     clock = time.perf_counter()
     dataset, subset, train_split = prepare_data(config)
     pretrained = recipe.pretrained or config.pretrained
     model = build_model(config.backbone, pretrained, dataset.num_outputs, recipe, config.seed, config.size)
+    # Created only now, so that bad data or a bad model leaves no empty folder behind.
+    out = artifacts.prepare_output(Path(config.out), config.overwrite)
     setup_seconds = time.perf_counter() - clock
     best_state, history = fit(model, train_split, dataset.splits["val"], dataset.task, recipe,
                               config.epochs, recipe.batch_size_for(config.batch_size), config.seed,

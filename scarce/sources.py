@@ -304,6 +304,14 @@ def check_task(task: str | None, n_classes: int, multilabel: bool, where: str) -
 
 # --------------------------------------------------------------------------- folder per class
 
+def warn_skipped(root: Path, skipped: list[Path]) -> None:
+    """Say which files of a folder were not read (a warning, not an error: notes beside images are common)."""
+    if skipped:
+        shown = ", ".join(str(p.relative_to(root)) for p in skipped[:3])
+        warnings.warn(f"Skipped {len(skipped)} non-image files in {root} (e.g. {shown}); only "
+                      f"{', '.join(IMAGE_SUFFIXES)} files and DICOM without suffix are read.")
+
+
 def _image_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """Image files under ``folder`` (any depth, sorted) and the other files that were skipped."""
     images, skipped = [], []
@@ -346,10 +354,7 @@ def read_folder(root: Path, classes: list[str] | None = None, task: str | None =
             names += [class_folder.name] * len(images)
             split_of += [split] * len(images)
             skipped += other
-    if skipped:
-        shown = ", ".join(str(p.relative_to(root)) for p in skipped[:3])
-        warnings.warn(f"Skipped {len(skipped)} non-image files in {root} (e.g. {shown}); only "
-                      f"{', '.join(IMAGE_SUFFIXES)} files and DICOM without suffix are read.")
+    warn_skipped(root, skipped)
     labels, classes, task = single_labels(names, classes, task, f"Folder {root}")
     patients = None
     if patient_regex is not None:

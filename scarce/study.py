@@ -20,9 +20,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .artifacts import remove_stale_temporaries
+from .artifacts import remove_stale_temporaries, write_npy
 from .config import TrainConfig, check_fields, read_toml
 from .errors import CannotWrite, ScarceError
+from .models import check_backbone
 from .pretrain import absolute_source, check_source, source_identity
 from .recipes import get_recipe
 
@@ -84,8 +85,12 @@ SPEC_FIELDS = {name for name in StudySpec.__dataclass_fields__} - {"arms"} | {"r
 
 
 def load_spec(path: str | Path) -> StudySpec:
-    """Read and check a study spec (TOML, data only)."""
+    """Read and check a study spec (TOML, data only); a relative data path is looked up next to
+    the spec first, as for ``scarce train --config``."""
     raw = read_toml(path, "Study spec")
+    data = raw.get("data")
+    if isinstance(data, str) and data and not Path(data).is_absolute() and (Path(path).parent / data).exists():
+        raw["data"] = str(Path(path).parent / data)
     return parse_spec(raw, str(path))
 
 
@@ -125,9 +130,12 @@ def parse_spec(raw: dict, where: str = "the study spec") -> StudySpec:
     if len(set(names)) != len(names):
         raise ScarceError(f"{where}: two recipes are both named '{_first_repeat(names)}'; give each a distinct name.")
     for name in names:
-        if not name or "/" in name or name.startswith("."):
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
             raise ScarceError(f"{where}: recipe name '{name}' cannot be a folder name; choose another.")
     spec = StudySpec(arms=arms, **raw)
+    if not isinstance(spec.data_options, dict):
+        raise ScarceError(f"{where}: 'data_options' must be a table such as {{ task = \"binary\" }}, "
+                          f"not {spec.data_options!r}.")
     if not isinstance(spec.pretrained, str):
         raise ScarceError(f"{where}: 'pretrained' must be imagenet, scratch or a path, not {spec.pretrained!r}.")
     spec.pretrained = absolute_source(spec.pretrained)
@@ -145,10 +153,25 @@ def parse_spec(raw: dict, where: str = "the study spec") -> StudySpec:
             raise ScarceError(f"{where}: '{key}' must be a positive whole number, not {value!r}.")
     if spec.metric != "test_auc":
         raise ScarceError(f"{where}: metric '{spec.metric}' is not supported yet; studies compare test_auc.")
-    if spec.target_auc is not None and not 0.5 < spec.target_auc < 1:
-        raise ScarceError(f"{where}: target_auc must lie between 0.5 and 1, not {spec.target_auc}.")
+    if spec.target_auc is not None and not (_is_number(spec.target_auc) and 0.5 < spec.target_auc < 1):
+        raise ScarceError(f"{where}: target_auc must lie between 0.5 and 1, not {spec.target_auc!r}.")
+    if spec.user_n is not None and not (_is_number(spec.user_n) and spec.user_n == int(spec.user_n) > 0):
+        raise ScarceError(f"{where}: user_n must be a positive whole number (your training-set size), "
+                          f"not {spec.user_n!r}.")
+    # Every setting a cell gets is checked now, as `scarce train` checks it, not when the cell runs.
+    try:
+        for arm in spec.arms:
+            for seed in spec.seeds:
+                spec.cell_config(arm.name, spec.n[0], seed, Path(".")).validate()
+        check_backbone(spec.backbone)
+    except ScarceError as error:
+        raise ScarceError(f"{where}: {error}") from None
     spec.n, spec.seeds = sorted(spec.n), sorted(spec.seeds)
     return spec
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _first_repeat(values):
@@ -275,6 +298,9 @@ def run_cell(config_dict: dict) -> dict:
         raise  # disk full or the like: stop the study (finished cells stay), not one failed cell
     except ScarceError as error:
         return {"status": FAILED, "error": str(error), "seconds": time.perf_counter() - started}
+    except Exception as error:  # a defect, not bad input: record it on the cell and go on with the others
+        return {"status": FAILED, "error": f"unexpected {type(error).__name__}: {error}",
+                "seconds": time.perf_counter() - started}
     run = json.loads((out / "run.json").read_text())
     _write_hash(out, digest)
     return {"status": DONE, "metrics": result.metrics, "seconds": time.perf_counter() - started,
@@ -363,8 +389,11 @@ def run_study(spec_path: str | Path, out: str | Path, executor: str = "local", w
               address: str | None = None, cpus_per_cell: float = 1.0, gpus_per_cell: float = 0.0,
               redo_changed: bool = False, progress: bool = True) -> dict:
     """Run (or resume) a study; write its report at the end. Returns the status counts."""
+    if executor not in ("local", "ray"):
+        raise ScarceError(f"Unknown executor '{executor}'; use local or ray.")
     spec = load_spec(spec_path)
     _check_sources(spec, str(spec_path))
+    dataset = _check_data(spec)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ScarceError(f"Output path {out} is a file; give a folder for --out.")
@@ -372,8 +401,6 @@ def run_study(spec_path: str | Path, out: str | Path, executor: str = "local", w
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CannotWrite(f"Cannot create study folder {out} ({error.strerror}); choose a writable --out.") from None
-    if executor not in ("local", "ray"):
-        raise ScarceError(f"Unknown executor '{executor}'; use local or ray.")
     with StudyLock(out):
         remove_stale_temporaries(out)  # half-written files of a killed run; the finished ones stay
         store = Store(out / "study.db")
@@ -382,7 +409,8 @@ def run_study(spec_path: str | Path, out: str | Path, executor: str = "local", w
             wanted = {key: (config_hash(c), str(Path(c.out).relative_to(out))) for key, c in configs.items()}
             store.sync_cells(wanted, redo_changed)
             store.put("spec", json.dumps(spec.to_dict(), default=str))
-            _prepare_shared_data(spec, out)
+            if not (out / "test_labels.npy").exists():
+                write_npy(out / "test_labels.npy", dataset.splits["test"].labels)
             todo = {key: asdict(configs[key]) for key in spec.cells()
                     if _status(store, key) not in FINISHED}
             progress_bar = Progress(len(configs), len(configs) - len(todo), enabled=progress)
@@ -418,14 +446,14 @@ def _check_sources(spec: StudySpec, where: str) -> None:
     """Every arm's upstream model exists and fits the spec's backbone and size (before any cell runs)."""
     for arm in spec.arms:
         try:
-            check_source(arm.pretrained or spec.pretrained, spec.backbone, spec.size)
+            source = get_recipe(arm.recipe, **arm.options).pretrained or arm.pretrained or spec.pretrained
+            check_source(source, spec.backbone, spec.size)
         except ScarceError as error:
             raise ScarceError(f"{where}: recipe '{arm.name}': {error}") from None
 
 
-def _prepare_shared_data(spec: StudySpec, out: Path) -> None:
-    """Check the data once up front (clear errors before any cell starts) and keep the test labels."""
-    from .artifacts import write_npy
+def _check_data(spec: StudySpec):
+    """Load and check the data once up front: clear errors before any folder or cell is made."""
     from .run import load_resized
     from .splits import ensure_no_leakage
 
@@ -440,8 +468,7 @@ def _prepare_shared_data(spec: StudySpec, out: Path) -> None:
 
     for n in spec.n:  # impossible N fails now, not in the middle of the study
         balanced_subset(labels, n, spec.seeds[0], dataset.classes)
-    if not (out / "test_labels.npy").exists():
-        write_npy(out / "test_labels.npy", dataset.splits["test"].labels)
+    return dataset
 
 
 class Progress:

@@ -373,13 +373,22 @@ def test_user_errors_are_one_sentence_and_exit_code_2(run, pngs, npz, data_dir, 
          "holds unlabelled images"),
         (["export", "--model", str(run), "--format", "tflite"], "Unknown export format 'tflite'"),
         (["model-card", "--model", str(empty)], "lacks run.json"),
+        (["predict", "--model", str(run), "--data", str(flat), "--out", str(run / "run.json")],
+         "would replace the model's own run.json; choose another file name"),
+        (["export", "--model", str(run), "--out", str(run / "model.safetensors")],
+         "would replace the model's own model.safetensors"),
+        (["predict", "--model", str(run), "--data", str(flat), "--out", str(tmp_path / "x.csv" / "p.csv")],
+         "a part of the path is a file, not a folder"),
     ]
+    Path(out).with_name("x.csv").write_text("a file in the way")
+    model_files = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     for argv, message in cases:
         assert main(argv) == 2, argv
         error = capsys.readouterr().err
         assert message in error, (argv, error)
         assert error.startswith("scarce: error: ") and len(error.strip().splitlines()) == 1
-    assert not Path(out).exists()
+    assert Path(out).read_text() == "a file in the way"
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == model_files
 
 
 def test_the_command_prints_no_traceback(tmp_path):
@@ -436,3 +445,35 @@ def test_multiclass_decides_by_argmax_and_multilabel_per_label(data_dir, tmp_pat
     result = json.loads((tmp_path / "mle" / "evaluation.json").read_text())
     assert len(result["per_label_auc"]) == 3 and set(result["decisions"]["youden"]) == set(labels)
     assert result["calibration"]["n"] == 300  # every label's probability, pooled
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("run.json", "[1, 2]", "run.json is not the JSON table scarce writes"),
+    ("run.json", '{"config": 5}', "run.json has no table 'config' as scarce train writes it"),
+    ("thresholds.json", "{}", "thresholds.json holds no threshold 'youden'")])
+def test_a_model_folder_edited_into_another_layout_is_one_sentence(run, pngs, tmp_path, capsys, name, content,
+                                                                   message):
+    model = shutil.copytree(run, tmp_path / "model")
+    (model / name).write_text(content)
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--model", str(model), "--data", str(pngs[0]), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1, error
+    assert not out.exists()
+    if name == "run.json":
+        assert main(["model-card", "--model", str(model)]) == 2
+        card_message = {"[1, 2]": "run.json is not the JSON table scarce writes",
+                        '{"config": 5}': "do not have the layout scarce train writes"}[content]
+        assert card_message in capsys.readouterr().err
+        assert (model / "MODEL_CARD.md").read_bytes() == (run / "MODEL_CARD.md").read_bytes()  # card untouched
+
+
+def test_predict_on_a_flat_folder_says_in_one_line_which_files_it_skipped(run, pngs, tmp_path, capsys):
+    flat = shutil.copytree(pngs[0] / "normal", tmp_path / "flat")
+    (flat / "notes.txt").write_text("scanned on the old machine")
+    assert main(["predict", "--model", str(run), "--data", str(flat), "--out", str(tmp_path / "p.csv"),
+                 "--tta", "0"]) == 0
+    error = capsys.readouterr().err
+    assert error.startswith("scarce: warning: Skipped 1 non-image files in") and "notes.txt" in error, error
+    assert len(error.strip().splitlines()) == 1
+    assert len((tmp_path / "p.csv").read_text().strip().splitlines()) == 1 + PER_CLASS

@@ -306,3 +306,31 @@ def test_an_ensemble_recipe_is_refused_before_any_training(tmp_path):
         pretrain(data=str(data), out=str(tmp_path / "up"), size=32, recipe="small-data",
                  recipe_options={"ensemble_epochs": 3})
     assert not (tmp_path / "up" / MANIFEST_FILE).exists()
+
+
+def test_pretrain_never_replaces_a_training_run_nor_loses_an_upstream_model_on_bad_input(covid_upstream, tmp_path,
+                                                                                          capsys):
+    data = write_npz(tmp_path / "tiny.npz", size=32)
+    tiny = ["--size", "32", "--epochs", "1", "--pretrained", "scratch", "--threads", "1", "--no-progress"]
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--tta", "0", *tiny]) == 0
+    run_files = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    assert main(["pretrain", "--data", str(data), "--out", str(tmp_path / "run"), *tiny]) == 2
+    assert "already holds a finished run (metrics.json)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == run_files
+
+    upstream = shutil.copytree(covid_upstream, tmp_path / "upstream")
+    kept = {p.name: p.read_bytes() for p in upstream.iterdir()}
+    assert main(["pretrain", "--data", str(tmp_path / "nowhere.npz"), "--out", str(upstream), "--overwrite",
+                 *tiny]) == 2
+    assert "was not found" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in upstream.iterdir()} == kept
+
+
+def test_a_damaged_manifest_stops_the_run_before_training(covid_upstream, tmp_path, capsys):
+    upstream = shutil.copytree(covid_upstream, tmp_path / "upstream")
+    (upstream / MANIFEST_FILE).write_text('{"format": ')
+    data = write_npz(tmp_path / "tiny.npz", size=64)
+    assert main(["train", "--data", str(data), "--pretrained", str(upstream), "--out", str(tmp_path / "run"),
+                 "--epochs", "1", "--threads", "1", "--no-progress"]) == 2
+    assert f"{upstream / MANIFEST_FILE} is not readable JSON" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

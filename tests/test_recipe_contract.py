@@ -8,7 +8,7 @@ import torch
 
 import scarce
 from scarce.models import GROUP_NAMES, create_model, layer_groups
-from scarce.recipes import RECIPES, get_recipe, step_plan
+from scarce.recipes import RECIPES, get_recipe, step_plan, trainable_groups
 from scarce.train import fit, steps_per_epoch
 
 from conftest import synthetic_split, write_npz
@@ -17,7 +17,7 @@ from conftest import synthetic_split, write_npz
 def _expected_trainable(recipe, step, total, head_only_steps):
     if recipe.schedule == "one-cycle":
         return step_plan(step, total, head_only_steps, recipe)[0]
-    return {g: at is not None for g, at in zip(GROUP_NAMES, recipe.unfreeze_at)}
+    return trainable_groups(step, total, recipe)
 
 
 @pytest.mark.parametrize("name", sorted(name for name, recipe in RECIPES.items() if recipe.model == "cnn"))

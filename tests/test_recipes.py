@@ -3,6 +3,7 @@
 import copy
 from dataclasses import replace
 import math
+import re
 
 import numpy as np
 import pytest
@@ -192,6 +193,33 @@ def test_kept_epoch_follows_the_recipes_selection_rule(select_by):
 def test_unknown_text_setting_is_one_sentence_naming_the_allowed_values(key, value, allowed):
     with pytest.raises(ScarceError, match=f"^Recipe setting {key} must be one of {allowed}, not '{value}'.$"):
         get_recipe("regular", **{key: value})
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("lr", -3e-3, "a number above 0"), ("div_factor", 0.0, "a number above 0"),
+    ("weight_decay", -0.1, "0 or more"), ("pct_start", 1.5, "between 0 and 1 (both excluded)"),
+    ("plateau_factor", 0.0, "above 0 and at most 1"), ("label_smoothing", 1.5, "at least 0 and below 1"),
+    ("ema_decay", 1.0, "at least 0 and below 1"), ("erase", 1.5, "between 0 and 1"),
+    ("rotation", 720.0, "between 0 and 180 degrees")])
+def test_a_number_setting_outside_its_range_is_one_sentence(key, value, words):
+    with pytest.raises(ScarceError, match=f"^Recipe setting {key} must be {re.escape(words)}, not {value!r}.$"):
+        get_recipe("small-data", **{key: value})
+    get_recipe("small-data", **{key: {"lr": 1e-2, "div_factor": 10.0, "weight_decay": 0.0, "pct_start": 0.5,
+                                      "plateau_factor": 1.0, "label_smoothing": 0.0, "ema_decay": 0.0,
+                                      "erase": 1.0, "rotation": 180.0}[key]})  # the edge that is allowed
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"betas": [1.5, 0.85]}, "betas must be two numbers at least 0 and below 1"),
+    ({"unfreeze_at": ["a", "b", "c"]}, "unfreeze_at must be three fractions 0 or more"),
+    ({"unfreeze_at": [0.5, 0.5, 2.0]}, "at least one of them 0 so that a group trains from the start"),
+    ({"pretrained": 5}, "pretrained must be imagenet, scratch or a path, not 5"),
+    ({"name": "mine"}, "Unknown recipe setting(s) name")])
+def test_settings_that_cannot_train_are_refused(overrides, message):
+    with pytest.raises(ScarceError, match=re.escape(message)):
+        get_recipe("small-data", **overrides)
+    with pytest.raises(ScarceError, match="A recipe is given by its name"):
+        get_recipe(5)
 
 
 def test_sgd_steps_are_momentum_sgd_steps_and_its_momentum_cycles_like_adams_beta1():

@@ -37,9 +37,10 @@ ONE_RECIPE = '\n[[recipes]]\nrecipe = "scratch"\n'
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    """Every file below ``folder`` with the sha256 of its bytes: compared before and after."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file below ``folder`` with the sha256 of its bytes, and every folder (an empty one
+    left behind counts too): compared before and after."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+            for p in sorted(folder.rglob("*"))}
 
 
 def _scarce(*args, limit_bytes: int | None = None, cwd=None):
@@ -119,6 +120,66 @@ def _bad_case(name: str, tmp: Path) -> tuple[list[str], str]:
         return ["study", "status", str(tmp)], "holds no study (no study.db)"
     if name == "train --tta -1":
         return ["train", "--data", str(npz), "--out", str(tmp / "o"), "--tta", "-1"], "tta must be 0 or a positive"
+    study = ["study", "run", str(spec), "--out", str(tmp / "s")]
+    config = tmp / "run.toml"
+    train = ["train", "--config", str(config), "--data", str(npz), "--out", str(tmp / "o"), *TRAIN]
+    if name == "train true or false in quotes":
+        config.write_text('overwrite = "false"\n')
+        return train, "overwrite must be true or false, not 'false'"
+    if name == "train negative seed":
+        config.write_text("seed = -1\n")
+        return train, "seed must be 0 or a positive whole number, not -1"
+    if name == "train size too large":
+        return ["train", "--data", str(npz), "--out", str(tmp / "o"), "--size", "4000"], "size must be at most 1024"
+    if name == "train empty data in the config":
+        config.write_text('data = ""\n')
+        return ["train", "--config", str(config), "--out", str(tmp / "o")], "No data given"
+    if name == "train missing data (no empty folder left)":
+        return ["train", "--data", str(tmp / "nowhere.npz"), "--out", str(tmp / "new" / "run"), *TRAIN], "was not found"
+    if name == "train head-only phase as long as the run":
+        config.write_text("[recipe_options]\nhead_only_epochs = 1\n")
+        return train, "head_only_epochs (1) must be fewer than epochs (1)"
+    if name == "train recipe option called name":
+        config.write_text('[recipe_options]\nname = "mine"\n')
+        return train, "Unknown recipe setting(s) name"
+    if name == "recipe option out of range":
+        spec.write_text(base + ONE_RECIPE + "options = { label_smoothing = 1.5 }\n")
+        return study, "label_smoothing must be at least 0 and below 1, not 1.5"
+    if name == "unfreeze_at without a group that trains at once":
+        spec.write_text(base + ONE_RECIPE + "options = { unfreeze_at = [0.5, 0.5, 0.5] }\n")
+        return study, "at least one of them 0"
+    if name == "spec tta negative":
+        spec.write_text(base.replace("tta = 0", "tta = -1") + ONE_RECIPE)
+        return study, "spec.toml: tta must be 0 or a positive whole number"
+    if name == "spec unknown backbone":
+        spec.write_text(base + 'backbone = "resnet_18"\n' + ONE_RECIPE)
+        return study, "spec.toml: Unknown backbone 'resnet_18'"
+    if name == "spec negative seed":
+        spec.write_text(base.replace("seeds = [0]", "seeds = [-1]") + ONE_RECIPE)
+        return study, "seed must be 0 or a positive whole number, not -1"
+    if name == "spec target_auc not a number":
+        spec.write_text(base + 'target_auc = "high"\n' + ONE_RECIPE)
+        return study, "target_auc must lie between 0.5 and 1, not 'high'"
+    if name == "spec user_n negative":
+        spec.write_text(base + "user_n = -5\n" + ONE_RECIPE)
+        return study, "user_n must be a positive whole number"
+    if name == "spec true or false in quotes":
+        spec.write_text(base + 'allow_leakage = "no"\n' + ONE_RECIPE)
+        return study, "allow_leakage must be true or false, not 'no'"
+    if name == "spec recipe option naming a missing upstream model":
+        spec.write_text(base + ONE_RECIPE + f'options = {{ pretrained = "{tmp / "missing-upstream"}" }}\n')
+        return study, "recipe 'scratch'"
+    if name == "data option of the wrong kind":
+        return ["data", "inspect", str(npz), "--data-option", "classes=5"], "Data option classes must be a list of names"
+    if name == "study of missing data (no folder left)":
+        spec.write_text(base.replace(str(npz), str(tmp / "nowhere.npz")) + ONE_RECIPE)
+        return study, "was not found"
+    if name == "config not UTF-8":
+        config.write_bytes(b"\xff\xfee\x00p\x00")
+        return train, "is not UTF-8 text; save it as UTF-8"
+    if name == "config is a folder":
+        config.mkdir()
+        return train, "cannot be read (Is a directory)"
     if name == "train recipe option of the wrong type":
         config = tmp / "run.toml"
         config.write_text('[recipe_options]\nfrozen_batchnorm = "yes"\n')
@@ -133,7 +194,14 @@ CLI_CASES = ["train --out is a file", "train --out below a regular file", "train
              "recipes not a list of tables", "recipe options not a table", "recipe option of the wrong type",
              "unknown recipe option", "spec setting of the wrong type", "target_auc out of range", "missing spec",
              "--workers 0", "study status of a folder without a study", "train --tta -1",
-             "train recipe option of the wrong type"]
+             "train recipe option of the wrong type", "train true or false in quotes", "train negative seed",
+             "train size too large", "train empty data in the config", "train missing data (no empty folder left)",
+             "train head-only phase as long as the run", "train recipe option called name",
+             "recipe option out of range", "unfreeze_at without a group that trains at once", "spec tta negative",
+             "spec unknown backbone", "spec negative seed", "spec target_auc not a number", "spec user_n negative",
+             "spec true or false in quotes", "spec recipe option naming a missing upstream model",
+             "data option of the wrong kind", "config not UTF-8", "config is a folder",
+             "study of missing data (no folder left)"]
 
 
 @pytest.mark.parametrize("name", CLI_CASES)
@@ -161,6 +229,64 @@ def test_nan_labels_in_an_npz_are_one_sentence_without_warnings(tmp_path):
         assert result.returncode == 2
         assert "val_labels contains NaN; every image needs a label" in _one_sentence(result.stderr)
     assert _snapshot(tmp_path) == before
+
+
+def _damaged_npz(tmp: Path, name: str) -> tuple[Path, str]:
+    """A MedMNIST-layout file with the defect ``name``; return it and part of the expected sentence."""
+    arrays = dict(np.load(write_npz(tmp / "tiny.npz")))
+    path = tmp / "bad.npz"
+    if name == "truncated download":
+        path.write_bytes((tmp / "tiny.npz").read_bytes()[:3000])
+        return path, "is not a readable .npz file"
+    if name == "fewer labels than images":
+        arrays["train_labels"] = arrays["train_labels"][:-4]
+        message = "train_labels has 20 labels for 24 images"
+    elif name == "an empty split":
+        arrays["test_images"], arrays["test_labels"] = arrays["test_images"][:0], arrays["test_labels"][:0]
+        message = "test_images is empty"
+    elif name == "negative label":
+        arrays["val_labels"][0] = -1
+        message = "val_labels holds values that are not whole numbers 0 or more (such as -1)"
+    elif name == "fractional label":
+        arrays["train_labels"] = arrays["train_labels"].astype(float)
+        arrays["train_labels"][0] = 0.7
+        message = "(such as 0.7)"
+    elif name == "images without a pixel grid":
+        arrays["train_images"] = arrays["train_images"].reshape(24, -1)
+        message = "train_images has shape (24, 1024); expected N x H x W"
+    elif name == "one class only":
+        for split in ("train", "val", "test"):
+            arrays[f"{split}_labels"][:] = 0
+        message = "no training image has class 1"
+    elif name == "a class index without training images":
+        arrays["train_labels"][arrays["train_labels"] == 1] = 2
+        message = "no training image has class 1"
+    else:
+        raise AssertionError(name)
+    np.savez(path, **arrays)
+    return path, message
+
+
+@pytest.mark.parametrize("name", ["truncated download", "fewer labels than images", "an empty split", "negative label",
+                                  "fractional label", "images without a pixel grid", "one class only",
+                                  "a class index without training images"])
+def test_a_damaged_npz_is_one_sentence_naming_the_array(name, tmp_path, capsys):
+    path, message = _damaged_npz(tmp_path, name)
+    before = _snapshot(tmp_path)
+    for args in (["data", "inspect", str(path)], ["train", "--data", str(path), "--out", str(tmp_path / "o"), *TRAIN]):
+        assert main(args) == 2
+        assert message in _one_sentence(capsys.readouterr().err)
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_test_split_of_one_class_gives_an_undefined_auc_not_a_crash(tmp_path, capsys):
+    arrays = dict(np.load(write_npz(tmp_path / "tiny.npz")))
+    keep = arrays["test_labels"][:, 0] == 1
+    arrays["test_images"], arrays["test_labels"] = arrays["test_images"][keep], arrays["test_labels"][keep]
+    np.savez(tmp_path / "one-class-test.npz", **arrays)
+    assert main(["train", "--data", str(tmp_path / "one-class-test.npz"), "--out", str(tmp_path / "o"), *TRAIN]) == 0
+    assert "test AUC undefined (one class only), accuracy" in capsys.readouterr().out
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["test_auc"] is None
 
 
 # ----------------------------------------------------------------------------- disk full

@@ -267,3 +267,24 @@ def test_every_bundled_spec_parses_with_known_recipes_and_options(spec):
     parsed = parse_spec(raw, where=spec.name)  # unknown recipes, options or fields would raise
     names = [arm.name for arm in parsed.arms]
     assert len(names) == len(set(names)) >= 1
+
+
+def test_an_unexpected_error_in_one_cell_fails_that_cell_and_the_study_goes_on(tmp_path, monkeypatch):
+    """A defect inside a cell (not bad input: that is refused before any cell runs) is recorded on
+    the cell, with its kind, and the other cells still run; nothing stays 'running'."""
+    import scarce.run
+    real_train = scarce.run.train
+
+    def train_or_break(config):
+        if config.seed == 1:
+            raise RuntimeError("simulated defect")
+        return real_train(config)
+
+    monkeypatch.setattr(scarce.run, "train", train_or_break)
+    spec = tiny_spec(tmp_path, n="[8]")
+    assert main(["study", "run", str(spec), "--out", str(tmp_path / "s")]) == 1
+    with sqlite3.connect(tmp_path / "s" / "study.db") as db:
+        rows = db.execute("SELECT seed, status, error FROM cells ORDER BY arm, seed").fetchall()
+    assert [(seed, status) for seed, status, _ in rows] == [(0, "done"), (1, "failed")] * 2
+    assert all(error == "unexpected RuntimeError: simulated defect" for seed, _, error in rows if seed == 1)
+    assert (tmp_path / "s" / "report.html").exists()
