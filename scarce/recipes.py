@@ -88,6 +88,10 @@ class Recipe:
     # Weight of a pairwise ranking loss added to the task's loss: softplus(s_neg − s_pos) over every
     # positive-negative pair in the batch, a smooth surrogate of 1 − AUC (0 = off).
     pairwise: float = 0.0
+    # Batch Spectral Shrinkage (Chen et al. 2019): this weight times the square of the smallest
+    # singular value of the batch's pooled features is added to the loss, damping the feature
+    # directions that fine-tuning on few images picks up least reliably (0 = off).
+    bss: float = 0.0
     # Exponential moving average of the weights, updated after every step with this decay
     # (0 = off). Validation, selection and the saved model then use the averaged weights.
     ema_decay: float = 0.0
@@ -266,7 +270,7 @@ CHOICES = {"schedule": ("one-cycle", "plateau"), "optimizer": ("adam", "adamw", 
 LIMITS = [
     (("lr", "group_ratio", "div_factor", "final_div_factor", "head_only_lr"), 0, math.inf, False, False,
      "a number above 0"),
-    (("weight_decay", "plateau_threshold", "plateau_min_lr", "sam_rho", "mixup_alpha", "pairwise", "l2_sp",
+    (("weight_decay", "plateau_threshold", "plateau_min_lr", "sam_rho", "mixup_alpha", "pairwise", "bss", "l2_sp",
       "head_only_epochs", "soup"), 0, math.inf, True, False, "0 or more"),
     (("pct_start", "head_only_pct_start"), 0, 1, False, False, "between 0 and 1 (both excluded)"),
     (("plateau_factor",), 0, 1, False, True, "above 0 and at most 1"),

@@ -209,16 +209,15 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
             if recipe.mixup_alpha > 0:
                 images, targets = mixup(images, targets, recipe.mixup_alpha, mixup_rng, generator)
             clock = _lap(history.timings, "augment", clock)
-            loss = training_loss(task, model(normalize(images)), targets, recipe.pairwise)
+            loss = step_loss(model, normalize(images), targets, task, recipe)
             if not torch.isfinite(loss):
                 bar.close()
                 raise TrainingDiverged(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if recipe.sam_rho > 0:
-                sharpness_aware_gradients(
-                    model, lambda: training_loss(task, model(normalize(images)), targets, recipe.pairwise),
-                    recipe.sam_rho)
+                sharpness_aware_gradients(model, lambda: step_loss(model, normalize(images), targets, task, recipe),
+                                          recipe.sam_rho)
             optimizer.step()
             if starting:
                 pull_to_start(optimizer, starting, recipe.l2_sp)
@@ -432,6 +431,21 @@ def soft_target_loss(task: str, logits: torch.Tensor, targets: torch.Tensor) -> 
     if task == "multiclass":
         return F.cross_entropy(logits, targets)
     return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def step_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, task: str, recipe: Recipe) -> torch.Tensor:
+    """The loss one training step minimises: the task's (with the recipe's ranking term), plus the
+    recipe's spectral shrinkage of the pooled features when ``recipe.bss`` is above 0."""
+    if recipe.bss <= 0:
+        return training_loss(task, model(inputs), targets, recipe.pairwise)
+    features = model.forward_head(model.forward_features(inputs), pre_logits=True)
+    logits = model.get_classifier()(features)
+    return training_loss(task, logits, targets, recipe.pairwise) + recipe.bss * smallest_singular_value(features) ** 2
+
+
+def smallest_singular_value(features: torch.Tensor) -> torch.Tensor:
+    """The smallest singular value of a batch's feature matrix (images × features)."""
+    return torch.linalg.svdvals(features)[-1]
 
 
 def training_loss(task: str, logits: torch.Tensor, targets: torch.Tensor, pairwise: float = 0.0) -> torch.Tensor:

@@ -18,7 +18,7 @@ from scarce.models import EpochEnsemble, create_model, layer_groups, load_traine
 from scarce.recipes import get_recipe, one_cycle, plateau_step, recipe_tta_views, trainable_groups
 from scarce.train import (History, batch_strata, batches, fit, greedy_soup, linear_probe_head, make_optimizer,
                           pairwise_ranking_loss, pull_to_start, sharpness_aware_gradients, smooth,
-                          steps_per_epoch, training_loss, validation_score)
+                          step_loss, steps_per_epoch, training_loss, validation_score)
 
 from conftest import synthetic_split
 
@@ -220,6 +220,20 @@ def test_settings_that_cannot_train_are_refused(overrides, message):
         get_recipe("small-data", **overrides)
     with pytest.raises(ScarceError, match="A recipe is given by its name"):
         get_recipe(5)
+
+
+def test_batch_spectral_shrinkage_adds_the_squared_smallest_singular_value_of_the_pooled_features():
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", "scratch").eval()
+    inputs, targets = torch.randn(8, 3, 32, 32), torch.randint(0, 2, (8, 1)).float()
+    plain = step_loss(model, inputs, targets, "binary", get_recipe("small-data"))
+    features = model.forward_head(model.forward_features(inputs), pre_logits=True)
+    smallest = np.linalg.svd(features.detach().numpy(), compute_uv=False).min()
+    shrunk = step_loss(model, inputs, targets, "binary", get_recipe("small-data", bss=0.01))
+    assert plain.item() == pytest.approx(training_loss("binary", model(inputs), targets).item())
+    assert shrunk.item() - plain.item() == pytest.approx(0.01 * smallest ** 2, rel=1e-4)
+    shrunk.backward()  # the term has a gradient, through the body
+    assert model.conv_stem.weight.grad is not None and model.conv_stem.weight.grad.abs().sum() > 0
 
 
 def test_sgd_steps_are_momentum_sgd_steps_and_its_momentum_cycles_like_adams_beta1():
