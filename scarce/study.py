@@ -17,7 +17,7 @@ import os
 import sqlite3
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from .artifacts import remove_stale_temporaries, write_npy
@@ -187,11 +187,30 @@ def cell_dir(out: Path, arm: str, n: int, seed: int) -> Path:
 
 
 def config_hash(config: TrainConfig) -> str:
-    """What decides a cell's numbers: every setting except where it is written and how it reports."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("out", "overwrite", "progress")}
-    settings["recipe_resolved"] = get_recipe(config.recipe, **config.recipe_options).to_dict()
+    """What decides a cell's numbers: every setting except where it is written and how it reports.
+
+    Settings at their default value are left out (of the run's settings and of the resolved
+    recipe), so a later scarce that adds an option, at a default that changes nothing, still
+    recognises the finished cells; a recipe's description is text and is left out too.
+    """
+    settings = {k: v for k, v in _changed_fields(config).items()
+                if k not in ("out", "overwrite", "progress", "recipe_options")}  # options: in the recipe below
+    recipe = get_recipe(config.recipe, **config.recipe_options)
+    settings["recipe_resolved"] = {k: v for k, v in _changed_fields(recipe).items() if k != "description"}
     settings["pretrained"] = source_identity(config.pretrained)  # an upstream model by content, not path
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _changed_fields(instance) -> dict:
+    """A dataclass instance's fields that differ from the field's default (fields without one: all)."""
+    changed = {}
+    for spec_field in fields(instance):
+        default = (spec_field.default_factory() if spec_field.default_factory is not MISSING
+                   else spec_field.default)
+        value = getattr(instance, spec_field.name)
+        if default is MISSING or value != default:
+            changed[spec_field.name] = value
+    return changed
 
 
 # ----------------------------------------------------------------------------- the store

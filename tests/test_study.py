@@ -9,13 +9,16 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from scarce.cli import main
 from scarce.errors import ScarceError
-from scarce.study import Store, StudyLock, load_spec, parse_spec
+from scarce.config import TrainConfig
+from scarce.recipes import get_recipe
+from scarce.study import Store, StudyLock, config_hash, load_spec, parse_spec
 
 from conftest import write_npz
 
@@ -160,6 +163,26 @@ def test_changing_a_finished_cell_is_refused_unless_asked(tmp_path, capsys):
     assert len(_results(out)) == 4
     assert [r for r in _results(out) if r["seed"] == "0"] == first
     assert main(["study", "run", str(changed), "--out", str(out), "--no-progress", "--redo-changed"]) == 0
+
+
+def test_an_option_written_at_its_default_is_no_change_and_a_real_one_is(tmp_path, capsys):
+    """What a cell's hash holds: settings that differ from their defaults, so an option a later
+    scarce adds (at a default that changes nothing) does not turn finished cells into changed ones."""
+    out = tmp_path / "study"
+    assert main(["study", "run", str(tiny_spec(tmp_path, n="[8]", seeds="[0]")), "--out", str(out),
+                 "--no-progress"]) == 0
+    first, spec = _results(out), tmp_path / "spec.toml"
+    cells = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()}
+    spec.write_text(spec.read_text().replace('recipe = "scratch"\n', 'recipe = "scratch"\noptions = { bss = 0.0 }\n'))
+    assert main(["study", "run", str(spec), "--out", str(out), "--no-progress"]) == 0
+    assert _results(out) == first
+    assert {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()} == cells  # nothing retrained
+    spec.write_text(spec.read_text().replace("bss = 0.0", "bss = 0.001"))
+    assert main(["study", "run", str(spec), "--out", str(out), "--no-progress"]) == 2
+    assert "changes 1 finished cell(s) (plain n=8 seed=0)" in capsys.readouterr().err
+    recipe = get_recipe("scratch")
+    config = TrainConfig(data="x.npz", recipe="scratch")
+    assert config_hash(config) == config_hash(replace(config, recipe_options={"bss": 0.0, "lr": recipe.lr}))
 
 
 def test_a_second_study_process_is_refused_and_a_stale_lock_recovered(tmp_path):
