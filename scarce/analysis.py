@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import optimize, stats
-from .metrics import auc
+from .metrics import auc, macro_auc, scored_outputs
 
 LEVEL = 0.95
 # Above this many times the largest measured N a predicted sample size is a guess, not a forecast.
@@ -75,29 +75,28 @@ def summarize(results: list[dict], level: float = LEVEL) -> list[dict]:
                 "ci_low": low, "ci_high": high,
                 "diverged": sum(c.get("status") == "diverged" for c in cells),
                 "failed": sum(c.get("status") == "failed" for c in cells),
+                "undefined": sum(c.get("status") == "done" and not _is_number(c.get("test_auc")) for c in cells),
             })
     return rows
 
 
 # ---------------------------------------------------------------- pooled bootstrap over test images
 
-def task_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
-    """AUC as ``scarce.evaluate`` reports it, or None when a class (or label value) is missing.
+def task_auc(labels: np.ndarray, probs: np.ndarray, outputs: list[int] | None = None) -> float | None:
+    """AUC as ``scarce.evaluate`` reports it, or None when one of ``outputs`` is undefined here.
 
     Binary: probs (T,). Multi-class: labels (T,), probs (T, K), macro one-vs-rest. Multi-label:
-    labels and probs (T, K), mean of per-label AUCs. Requiring every class keeps each resample's
-    AUC the same quantity as the full-test-set one.
+    labels and probs (T, K), mean of per-label AUCs. ``outputs`` are the classes (labels) to
+    average, by default those with both values in ``labels``; a resample missing one of the full
+    set's classes is None, so that each resample's AUC is the same quantity as the full set's.
     """
     labels, probs = np.asarray(labels), np.asarray(probs)
     if probs.ndim == 1:
         return auc(labels, probs)
-    columns = labels.T if labels.ndim == 2 else [labels == k for k in range(probs.shape[1])]
-    per_class = []
-    for k, truth in enumerate(columns):
-        if len(np.unique(truth)) < 2:
-            return None
-        per_class.append(auc(truth, probs[:, k]))
-    return float(np.mean(per_class))
+    task = "multilabel" if labels.ndim == 2 else "multiclass"
+    if outputs is None:
+        outputs = scored_outputs(task, labels, probs.shape[1])
+    return macro_auc(task, labels, probs, outputs)
 
 
 def pooled_bootstrap(labels: np.ndarray, probs_list: Sequence[np.ndarray], resamples: int = 1000,
@@ -106,17 +105,20 @@ def pooled_bootstrap(labels: np.ndarray, probs_list: Sequence[np.ndarray], resam
 
     Each resample of test images is applied to every seed's probabilities (the seeds were tested
     on the same images), so the interval covers test-set sampling of the seed-averaged AUC.
-    Resamples missing a class are skipped; (None, None) when none is usable.
+    Resamples missing a class of the full test set are skipped; (None, None) when none is usable.
     """
     labels = np.asarray(labels)
     probs_list = [np.asarray(p) for p in probs_list]
     if not probs_list or len(labels) == 0:
         return None, None
+    outputs = None
+    if probs_list[0].ndim == 2:
+        outputs = scored_outputs("multilabel" if labels.ndim == 2 else "multiclass", labels, probs_list[0].shape[1])
     rng = np.random.default_rng(seed)
     means = []
     for _ in range(resamples):
         pick = rng.integers(0, len(labels), len(labels))
-        aucs = [task_auc(labels[pick], probs[pick]) for probs in probs_list]
+        aucs = [task_auc(labels[pick], probs[pick], outputs) for probs in probs_list]
         if all(a is not None for a in aucs):
             means.append(float(np.mean(aucs)))
     if not means:
@@ -296,6 +298,9 @@ def samples_needed(results_for_recipe: list[dict], target: float, resamples: int
         if factor > EXTRAPOLATION_WARNING_FACTOR:
             notes.append(f"N={n_needed:,.0f} is {factor:.1f}× the largest measured N ({int(ns.max())}): "
                          f"far outside the measured range, treat it as a rough guess")
+        elif n_needed < ns.min():
+            notes.append(f"N={n_needed:,.0f} is below the smallest measured N ({int(ns.min())}): the curve is "
+                         f"extrapolated downwards, so treat it as a rough guess")
     if n_needed is not None and high is None:
         notes.append(f"in {unreachable_fraction:.0%} of bootstrap refits the target was unreachable, "
                      f"so the interval has no upper end")
@@ -357,12 +362,18 @@ def recommend(summary: list[dict], pairs: list[dict], user_n: int | None = None,
     against_best = {p["recipe_b"]: p for p in pairs if p["n"] == n and p["recipe_a"] == best["recipe"]}
     indistinguishable = [r["recipe"] for r in rows[1:]
                          if r["recipe"] in against_best and not against_best[r["recipe"]]["distinguishable"]]
-    not_compared = [r["recipe"] for r in rows[1:] if r["recipe"] not in against_best]
+    # The best mean may count seeds another recipe lacks; on the seeds both finished, that recipe
+    # can still be distinguishably higher. Say so rather than call it beaten.
+    higher = [r["recipe"] for r in rows[1:]
+              if r["recipe"] in against_best and against_best[r["recipe"]]["distinguishable"]
+              and against_best[r["recipe"]]["mean_diff"] < 0]
+    not_compared = [r["recipe"] for r in rows[1:] if r["recipe"] not in against_best] + \
+                   [r["recipe"] for r in summary if r["n"] == n and r["mean"] is None]  # no finished seed
 
     where = f"N={n}" if wanted == n else f"N={wanted} (nearest measured size N={n})"
     sentences = [f"At {where}, use {best['recipe']}: its mean test AUC is {best['mean']:.3f} "
                  f"over {best['seeds']} seed{'s' if best['seeds'] != 1 else ''}."]
-    sentences.append(_clarity_sentence(best["recipe"], rows, indistinguishable, not_compared))
+    sentences.append(_clarity_sentence(best["recipe"], rows, indistinguishable, higher, not_compared))
 
     fit = (fits or {}).get(best["recipe"])
     gain = n_target = None
@@ -376,7 +387,8 @@ def recommend(summary: list[dict], pairs: list[dict], user_n: int | None = None,
             if n_target is None:
                 sentence += f", and it never reaches the target {target:.3f}"
             elif n_target <= wanted:
-                sentence += f"; the target {target:.3f} is already reached at about N={n_target:,.0f}"
+                below = " (below the measured sizes, so a rough guess)" if n_target < measured[0] else ""
+                sentence += f"; the target {target:.3f} is already reached at about N={n_target:,.0f}{below}"
             else:
                 far = " (far beyond the measured sizes, so a rough guess)" \
                     if n_target > EXTRAPOLATION_WARNING_FACTOR * measured[-1] else ""
@@ -386,22 +398,27 @@ def recommend(summary: list[dict], pairs: list[dict], user_n: int | None = None,
         sentences.append(f"No learning curve could be fitted for it ({fit.get('reason')}), "
                          f"so the value of more data is not estimated.")
     return {**empty, "recipe": best["recipe"], "n": n, "mean": best["mean"], "indistinguishable": indistinguishable,
-            "not_compared": not_compared, "gain_from_doubling": gain, "n_for_target": n_target,
+            "higher_on_common_seeds": higher, "not_compared": not_compared, "gain_from_doubling": gain, "n_for_target": n_target,
             "text": " ".join(sentences)}
 
 
-def _clarity_sentence(best: str, rows: list[dict], indistinguishable: list[str], not_compared: list[str]) -> str:
-    if len(rows) == 1:
+def _clarity_sentence(best: str, rows: list[dict], indistinguishable: list[str], higher: list[str],
+                      not_compared: list[str]) -> str:
+    if len(rows) == 1 and not not_compared:
         return "It is the only recipe with finished cells at this size."
     parts = []  # the sentence never starts with a recipe name, so names keep their own case
-    beaten = [r["recipe"] for r in rows[1:] if r["recipe"] not in indistinguishable + not_compared]
+    beaten = [r["recipe"] for r in rows[1:] if r["recipe"] not in indistinguishable + higher + not_compared]
     if beaten:
         parts.append(f"it is distinguishably better than {_join(beaten)}")
     if indistinguishable:
         parts.append(f"{_join(indistinguishable)} cannot be distinguished from it, "
                      f"so {'it is' if len(indistinguishable) == 1 else 'they are'} as good a choice")
+    if higher:
+        parts.append(f"{_join(higher)} {'is' if len(higher) == 1 else 'are'} distinguishably higher on the seeds "
+                     f"both finished ({best}'s mean includes seeds {'it lacks' if len(higher) == 1 else 'they lack'}), "
+                     f"so finish the missing cells before choosing")
     if not_compared:
-        parts.append(f"{_join(not_compared)} could not be compared (fewer than 2 common seeds)")
+        parts.append(f"{_join(not_compared)} could not be compared (fewer than 2 common finished seeds)")
     return "Paired by seed, " + "; ".join(parts) + "."
 
 
@@ -435,8 +452,10 @@ def analyze(results: list[dict], labels: np.ndarray | None = None, target: float
         "summary": summary, "pairs": pairs, "fits": fits, "samples_needed": needed,
         "pooled_bootstrap": pooled,
         "recommendation": recommend(summary, pairs, user_n, target, fits),
-        "problem_cells": [{key: value for key, value in c.items() if key != "probs"}
-                          for c in results if c.get("status") in ("diverged", "failed")],
+        # Every cell that is not in the means: diverged, failed, done with an undefined AUC, not run yet.
+        "problem_cells": [{**{key: value for key, value in c.items() if key != "probs"},
+                           **({"status": "done, AUC undefined"} if c.get("status") == "done" else {})}
+                          for c in results if c.get("status") != "done" or not _is_number(c.get("test_auc"))],
     })
 
 

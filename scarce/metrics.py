@@ -59,30 +59,46 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5
     }
 
 
+def output_truths(task: str, labels: np.ndarray, outputs: int) -> list[np.ndarray]:
+    """The 0/1 truth of each output: one-vs-rest per class (multi-class) or each label column (multi-label)."""
+    labels = np.asarray(labels)
+    return [labels == k for k in range(outputs)] if task == "multiclass" else [labels[:, k] for k in range(outputs)]
+
+
+def scored_outputs(task: str, labels: np.ndarray, outputs: int) -> list[int]:
+    """The outputs whose AUC is defined on ``labels`` (both values present): the ones a macro AUC averages."""
+    return [k for k, truth in enumerate(output_truths(task, labels, outputs)) if len(np.unique(truth)) == 2]
+
+
+def macro_auc(task: str, labels: np.ndarray, probs: np.ndarray, outputs: list[int]) -> float | None:
+    """Mean AUC over ``outputs``; None when any of them is undefined here, so that every bootstrap
+    resample measures the same quantity as the full set (a resample missing a class is skipped)."""
+    truths = output_truths(task, labels, probs.shape[1])
+    values = [auc(truths[k], probs[:, k]) for k in outputs]
+    return float(np.mean(values)) if values and all(v is not None for v in values) else None
+
+
 def multiclass_metrics(labels: np.ndarray, probs: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict:
     """Macro one-vs-rest AUC (with CI) over the classes present, and top-1 accuracy."""
     labels = np.asarray(labels)
-    per_class = [auc(labels == k, probs[:, k]) for k in range(probs.shape[1])]
+    outputs = scored_outputs("multiclass", labels, probs.shape[1])
 
     def macro(y, p):
-        values = [auc(y == k, p[:, k]) for k in range(p.shape[1])]
-        values = [v for v in values if v is not None]
-        return float(np.mean(values)) if values else None
+        return macro_auc("multiclass", y, p, outputs)
 
     return {"auc": macro(labels, probs), "auc_ci": bootstrap_ci(labels, probs, macro, resamples, seed=seed),
-            "per_class_auc": per_class, "accuracy": float((probs.argmax(axis=1) == labels).mean()),
-            "n": int(len(labels))}
+            "per_class_auc": [auc(labels == k, probs[:, k]) for k in range(probs.shape[1])],
+            "accuracy": float((probs.argmax(axis=1) == labels).mean()), "n": int(len(labels))}
 
 
 def multilabel_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5,
                        resamples: int = 2000, seed: int = 0) -> dict:
     """Per-label AUC (None where a label has only one value) and their mean, with a CI for the mean."""
     labels = np.asarray(labels)
+    outputs = scored_outputs("multilabel", labels, probs.shape[1])
 
     def mean_auc(y, p):
-        values = [auc(y[:, k], p[:, k]) for k in range(p.shape[1])]
-        values = [v for v in values if v is not None]
-        return float(np.mean(values)) if values else None
+        return macro_auc("multilabel", y, p, outputs)
 
     return {"auc": mean_auc(labels, probs), "auc_ci": bootstrap_ci(labels, probs, mean_auc, resamples, seed=seed),
             "per_label_auc": [auc(labels[:, k], probs[:, k]) for k in range(probs.shape[1])],
@@ -91,14 +107,11 @@ def multilabel_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float =
 
 def point_auc(task: str, labels: np.ndarray, probs: np.ndarray) -> float | None:
     """The task's AUC without an interval: binary AUC, macro one-vs-rest (multi-class) or the
-    mean over labels (multi-label); None when it is undefined."""
+    mean over labels (multi-label), over the outputs defined on ``labels``; None when none is."""
     labels, probs = np.asarray(labels), np.asarray(probs)
     if task == "binary":
         return auc(labels, probs)
-    columns = probs.shape[1]
-    truth = (lambda k: labels == k) if task == "multiclass" else (lambda k: labels[:, k])
-    values = [v for v in (auc(truth(k), probs[:, k]) for k in range(columns)) if v is not None]
-    return float(np.mean(values)) if values else None
+    return macro_auc(task, labels, probs, scored_outputs(task, labels, probs.shape[1]))
 
 
 def task_metrics(task: str, labels: np.ndarray, probs: np.ndarray, seed: int = 0) -> dict:

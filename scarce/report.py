@@ -132,7 +132,7 @@ def summary_markdown(spec: dict, analysis: dict) -> str:
                      f"| {_interval(row['ci_low'], row['ci_high'])} | {row['diverged']} |")
     problems = analysis.get("problem_cells", [])
     if problems:
-        lines += ["", "## Diverged and failed cells", ""]
+        lines += ["", "## Cells left out of the means", ""]
         lines += [f"- {_md(c.get('recipe'))} N={c.get('n')} seed={c.get('seed')}: {_md(c.get('status'))}"
                   + (f" ({_md(c['error'])})" if c.get("error") else "") for c in problems]
     lines += ["", "## Distinguishable differences", ""]
@@ -185,7 +185,7 @@ def report_html(spec: dict, analysis: dict, versions: dict) -> str:
         "<h2>Test AUC by recipe and N</h2>", _summary_table(analysis),
         "<h2>Paired comparisons</h2>", _pairs_table(analysis),
         "<h2>Training images needed for the target</h2>", _needed_table(analysis),
-        "<h2>Diverged and failed cells</h2>", _problem_table(analysis),
+        "<h2>Cells left out of the means</h2>", _problem_table(analysis),
         "<h2>Study specification</h2>",
         f"<pre>{_e(json.dumps(spec, indent=2, default=str))}</pre>",
         "<h2>Versions</h2>", _table(["package", "version"], [[key, value] for key, value in versions.items()]),
@@ -225,7 +225,7 @@ def _summary_cell(row: dict, pooled: dict | None) -> str:
         lines = [f"{row['mean']:.3f} {_interval(row['ci_low'], row['ci_high'], brackets=True)} ({row['seeds']})"]
     if pooled and pooled.get("low") is not None:
         lines.append(f"test images {_interval(pooled['low'], pooled['high'], brackets=True)}")
-    bad = [f"{row[status]} {status}" for status in ("diverged", "failed") if row.get(status)]
+    bad = [f"{row[status]} {status}" for status in ("diverged", "failed", "undefined") if row.get(status)]
     if bad:
         lines.append(", ".join(bad))
     return "<br>".join(_e(line) for line in lines)

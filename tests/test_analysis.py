@@ -62,7 +62,7 @@ def test_summary_has_mean_std_interval_seeds_and_bad_cell_counts():
 def test_summary_keeps_an_all_diverged_size_visible():
     rows = summarize([cell("r", 50, 0, None, "diverged"), cell("r", 50, 1, None, "diverged")])
     assert rows == [{"recipe": "r", "n": 50, "seeds": 0, "mean": None, "std": None, "ci_low": None,
-                     "ci_high": None, "diverged": 2, "failed": 0}]
+                     "ci_high": None, "diverged": 2, "failed": 0, "undefined": 0}]
 
 
 def test_summary_ignores_done_cells_without_a_number():
@@ -174,6 +174,14 @@ def test_samples_needed_warns_when_extrapolating_more_than_twice_the_largest_siz
     assert "6.4× the largest measured N" in needed["warning"] and "far outside" in needed["warning"]
 
 
+def test_samples_needed_warns_when_the_target_lies_below_the_smallest_size():
+    needed = samples_needed(power_law_cells("r"), target=0.80, resamples=20)
+    assert needed["n_needed"] == pytest.approx((0.8 / 0.15) ** 2, rel=1e-3)  # 28.4, below N = 50
+    assert "below the smallest measured N (50)" in needed["warning"]
+    text = analyze(power_law_cells("r"), target=0.80, extrapolation_resamples=20)["recommendation"]["text"]
+    assert "already reached at about N=28 (below the measured sizes, so a rough guess)" in text
+
+
 def test_a_target_above_the_asymptote_is_unreachable():
     needed = samples_needed(power_law_cells("r"), target=0.96, resamples=20)
     assert needed["ok"] and needed["reachable"] is False
@@ -275,6 +283,35 @@ def test_recommendation_names_recipes_it_cannot_tell_apart_and_uses_the_nearest_
     assert "A and B cannot be distinguished from it" in advice["text"]
 
 
+def test_a_recipe_higher_on_the_common_seeds_is_never_called_beaten():
+    """A's mean (0.80) counts a seed B failed on; on the two seeds both finished, B is higher."""
+    results = [cell("A", 100, 0, 0.70), cell("A", 100, 1, 0.71), cell("A", 100, 2, 0.99),
+               cell("B", 100, 0, 0.75), cell("B", 100, 1, 0.765), cell("B", 100, 2, None, "failed")]
+    recommendation = analyze(results)["recommendation"]
+    assert recommendation["recipe"] == "A" and recommendation["higher_on_common_seeds"] == ["B"]
+    assert "distinguishably better than" not in recommendation["text"]
+    assert ("B is distinguishably higher on the seeds both finished (A's mean includes seeds it lacks), so finish "
+            "the missing cells before choosing") in recommendation["text"]
+
+
+def test_a_recipe_without_any_finished_seed_is_named_as_not_compared():
+    results = [cell("A", 100, s, 0.8 + s / 100) for s in range(3)] + [cell("B", 100, s, None, "failed") for s in range(3)]
+    recommendation = analyze(results)["recommendation"]
+    assert recommendation["not_compared"] == ["B"]
+    assert "B could not be compared (fewer than 2 common finished seeds)" in recommendation["text"]
+    assert "only recipe" not in recommendation["text"]
+
+
+def test_cells_left_out_of_the_means_are_counted_and_listed_with_why():
+    results = [cell("A", 100, 0, 0.8), cell("A", 100, 1, 0.82), cell("A", 100, 2, None),
+               cell("A", 100, 3, None, "pending"), cell("A", 100, 4, None, "failed", error="no memory")]
+    analysis = analyze(results)
+    row = analysis["summary"][0]
+    assert (row["seeds"], row["undefined"], row["failed"]) == (2, 1, 1)
+    listed = {(c["seed"], c["status"]) for c in analysis["problem_cells"]}
+    assert listed == {(2, "done, AUC undefined"), (3, "pending"), (4, "failed")}
+
+
 def test_recommendation_without_finished_cells_says_so():
     advice = recommend(summarize([cell("r", 50, 0, None, "diverged")]), [])
     assert advice["recipe"] is None and "nothing to recommend" in advice["text"]
@@ -344,3 +381,18 @@ def test_paired_power_matches_a_simulation_and_reads_the_benchmark_cells(tmp_pat
     assert power.main([str(file), "--n", "50", "--arm", "a", "--peer", "b", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["subsets"] == 21 and result["mean"] == pytest.approx(0.03)
+
+
+@pytest.mark.parametrize("counts", [(95, 3, 2), (60, 40, 0)])  # a rare class; a class absent from the test set
+def test_the_per_run_and_the_pooled_interval_follow_one_rule_for_missing_classes(counts):
+    """Both bootstraps average the classes the full test set has, and skip resamples that miss one of
+    them: on one seed, with the same draws, they give the same interval (before, the per-run one
+    averaged whichever classes a resample held, and a class absent from the test set left the pooled
+    one without any interval)."""
+    from scarce.metrics import multiclass_metrics
+    labels = np.repeat(np.arange(3), counts)
+    probs = np.random.default_rng(0).dirichlet(np.ones(3), len(labels))
+    per_run = multiclass_metrics(labels, probs, resamples=300, seed=0)
+    assert per_run["auc"] == pytest.approx(task_auc(labels, probs))
+    assert per_run["auc_ci"] == pytest.approx(pooled_bootstrap(labels, [probs], resamples=300, seed=0))
+    assert per_run["auc_ci"][0] < per_run["auc"] < per_run["auc_ci"][1]

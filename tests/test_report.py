@@ -102,7 +102,7 @@ def test_report_html_is_self_contained_with_all_sections(report):
     # Nothing fetched from elsewhere: the only URL-bearing attribute is the embedded plot.
     assert re.findall(r'(?:src|href)="([^"]*)"', page) == [re.search(r'src="(data:image/png;base64,[^"]*)"', page)[1]]
     for heading in ("Recommendation", "Learning curves", "Test AUC by recipe and N", "Paired comparisons",
-                    "Training images needed for the target", "Diverged and failed cells", "Study specification",
+                    "Training images needed for the target", "Cells left out of the means", "Study specification",
                     "Versions"):
         assert f"<h2>{heading}</h2>" in page
     assert "loss became NaN at epoch 2" in page and "out of memory" in page

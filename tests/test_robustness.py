@@ -511,10 +511,10 @@ def test_a_diverging_arm_is_recorded_reported_and_the_study_exits_1(tmp_path, ca
     assert all("training loss became nan" in error for arm, _, error in rows if arm == "exploding")
     assert not (out / "cells" / "exploding" / "n8-s0" / "metrics.json").exists()
     html = (out / "report.html").read_text()
-    problems = html.split("<h2>Diverged and failed cells</h2>")[1].split("<h2>")[0]
+    problems = html.split("<h2>Cells left out of the means</h2>")[1].split("<h2>")[0]
     assert problems.count("<td>exploding</td>") == 2 and "diverged" in problems
     summary = (out / "summary.md").read_text()
-    assert "## Diverged and failed cells" in summary and "- exploding N=8 seed=0: diverged (training loss became nan" in summary
+    assert "## Cells left out of the means" in summary and "- exploding N=8 seed=0: diverged (training loss became nan" in summary
     statuses = {(r["recipe"], r["status"]) for r in _results(out)}
     assert statuses == {("exploding", "diverged"), ("gradual-unfreezing", "done")}
     # Diverged cells are final: resuming neither retrains them nor changes the exit code.
