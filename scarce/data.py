@@ -398,7 +398,7 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int, classes: list[str] | 
     if labels.ndim > 1:
         if n > len(labels) and not replace:
             raise ScarceError(f"n={n} asks for more training images than the {len(labels)} available; "
-                              f"choose a smaller n or sample with replacement.")
+                              f"choose a smaller n or sample with replacement (--replace; replace = true in a config).")
         return np.sort(_take(rng.permutation(len(labels)), n, seed, 0))
     n_classes = len(classes) if classes else int(labels.max()) + 1
     if n < n_classes:
@@ -413,7 +413,7 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int, classes: list[str] | 
                               f"add images of it or drop the class.")
         if count > len(members) and not replace:
             raise ScarceError(f"n={n} needs {count} training images of class '{name}' "
-                              f"but only {len(members)} exist; choose a smaller n or sample with replacement.")
+                              f"but only {len(members)} exist; choose a smaller n or sample with replacement (--replace; replace = true in a config).")
     return np.sort(np.concatenate([_take(members, count, seed, c + 1)
                                    for c, (members, count) in enumerate(zip(order, wanted))]))
 
