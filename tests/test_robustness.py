@@ -123,12 +123,18 @@ def _bad_case(name: str, tmp: Path) -> tuple[list[str], str]:
     study = ["study", "run", str(spec), "--out", str(tmp / "s")]
     config = tmp / "run.toml"
     train = ["train", "--config", str(config), "--data", str(npz), "--out", str(tmp / "o"), *TRAIN]
-    if name == "train true or false in quotes":
-        config.write_text('overwrite = "false"\n')
-        return train, "overwrite must be true or false, not 'false'"
-    if name == "train negative seed":
-        config.write_text("seed = -1\n")
-        return train, "seed must be 0 or a positive whole number, not -1"
+    # Configs with one bad setting: (config text, part of the message).
+    config_cases = {
+        "train true or false in quotes": ('overwrite = "false"\n', "overwrite must be true or false, not 'false'"),
+        "train negative seed": ("seed = -1\n", "seed must be 0 or a positive whole number, not -1"),
+        "train head-only phase as long as the run": ("[recipe_options]\nhead_only_epochs = 1\n",
+                                                     "head_only_epochs (1) must be fewer than epochs (1)"),
+        "train recipe option called name": ('[recipe_options]\nname = "mine"\n', "Unknown recipe setting(s) name"),
+    }
+    if name in config_cases:
+        text, message = config_cases[name]
+        config.write_text(text)
+        return train, message
     if name == "train size too large":
         return ["train", "--data", str(npz), "--out", str(tmp / "o"), "--size", "4000"], "size must be at most 1024"
     if name == "train empty data in the config":
@@ -136,44 +142,33 @@ def _bad_case(name: str, tmp: Path) -> tuple[list[str], str]:
         return ["train", "--config", str(config), "--out", str(tmp / "o")], "No data given"
     if name == "train missing data (no empty folder left)":
         return ["train", "--data", str(tmp / "nowhere.npz"), "--out", str(tmp / "new" / "run"), *TRAIN], "was not found"
-    if name == "train head-only phase as long as the run":
-        config.write_text("[recipe_options]\nhead_only_epochs = 1\n")
-        return train, "head_only_epochs (1) must be fewer than epochs (1)"
-    if name == "train recipe option called name":
-        config.write_text('[recipe_options]\nname = "mine"\n')
-        return train, "Unknown recipe setting(s) name"
-    if name == "recipe option out of range":
-        spec.write_text(base + ONE_RECIPE + "options = { label_smoothing = 1.5 }\n")
-        return study, "label_smoothing must be at least 0 and below 1, not 1.5"
-    if name == "unfreeze_at without a group that trains at once":
-        spec.write_text(base + ONE_RECIPE + "options = { unfreeze_at = [0.5, 0.5, 0.5] }\n")
-        return study, "at least one of them 0"
-    if name == "spec tta negative":
-        spec.write_text(base.replace("tta = 0", "tta = -1") + ONE_RECIPE)
-        return study, "spec.toml: tta must be 0 or a positive whole number"
-    if name == "spec unknown backbone":
-        spec.write_text(base + 'backbone = "resnet_18"\n' + ONE_RECIPE)
-        return study, "spec.toml: Unknown backbone 'resnet_18'"
-    if name == "spec negative seed":
-        spec.write_text(base.replace("seeds = [0]", "seeds = [-1]") + ONE_RECIPE)
-        return study, "seed must be 0 or a positive whole number, not -1"
-    if name == "spec target_auc not a number":
-        spec.write_text(base + 'target_auc = "high"\n' + ONE_RECIPE)
-        return study, "target_auc must lie between 0.5 and 1, not 'high'"
-    if name == "spec user_n negative":
-        spec.write_text(base + "user_n = -5\n" + ONE_RECIPE)
-        return study, "user_n must be a positive whole number"
-    if name == "spec true or false in quotes":
-        spec.write_text(base + 'allow_leakage = "no"\n' + ONE_RECIPE)
-        return study, "allow_leakage must be true or false, not 'no'"
-    if name == "spec recipe option naming a missing upstream model":
-        spec.write_text(base + ONE_RECIPE + f'options = {{ pretrained = "{tmp / "missing-upstream"}" }}\n')
-        return study, "recipe 'scratch'"
+    # Specs that differ from a valid one in one setting: (spec text, part of the message).
+    spec_cases = {
+        "recipe option out of range": (base + ONE_RECIPE + "options = { label_smoothing = 1.5 }\n",
+                                       "label_smoothing must be at least 0 and below 1, not 1.5"),
+        "unfreeze_at without a group that trains at once": (
+            base + ONE_RECIPE + "options = { unfreeze_at = [0.5, 0.5, 0.5] }\n", "at least one of them 0"),
+        "spec tta negative": (base.replace("tta = 0", "tta = -1") + ONE_RECIPE,
+                              "spec.toml: tta must be 0 or a positive whole number"),
+        "spec unknown backbone": (base + 'backbone = "resnet_18"\n' + ONE_RECIPE, "spec.toml: Unknown backbone 'resnet_18'"),
+        "spec negative seed": (base.replace("seeds = [0]", "seeds = [-1]") + ONE_RECIPE,
+                               "seed must be 0 or a positive whole number, not -1"),
+        "spec target_auc not a number": (base + 'target_auc = "high"\n' + ONE_RECIPE,
+                                         "target_auc must lie between 0.5 and 1, not 'high'"),
+        "spec user_n negative": (base + "user_n = -5\n" + ONE_RECIPE, "user_n must be a positive whole number"),
+        "spec true or false in quotes": (base + 'allow_leakage = "no"\n' + ONE_RECIPE,
+                                         "allow_leakage must be true or false, not 'no'"),
+        "spec recipe option naming a missing upstream model": (
+            base + ONE_RECIPE + f'options = {{ pretrained = "{tmp / "missing-upstream"}" }}\n', "recipe 'scratch'"),
+        "study of missing data (no folder left)": (base.replace(str(npz), str(tmp / "nowhere.npz")) + ONE_RECIPE,
+                                                   "was not found"),
+    }
+    if name in spec_cases:
+        text, message = spec_cases[name]
+        spec.write_text(text)
+        return study, message
     if name == "data option of the wrong kind":
         return ["data", "inspect", str(npz), "--data-option", "classes=5"], "Data option classes must be a list of names"
-    if name == "study of missing data (no folder left)":
-        spec.write_text(base.replace(str(npz), str(tmp / "nowhere.npz")) + ONE_RECIPE)
-        return study, "was not found"
     if name == "config not UTF-8":
         config.write_bytes(b"\xff\xfee\x00p\x00")
         return train, "is not UTF-8 text; save it as UTF-8"
