@@ -59,8 +59,8 @@ class TrainConfig:
             positive["n"] = self.n
         if self.threads is not None:
             positive["threads"] = self.threads
-        for name, value in positive.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        for name, value in positive.items():  # their kind is checked above
+            if value <= 0:
                 raise ScarceError(f"{name} must be a positive whole number, not {value!r}.")
         if self.tta < 0:
             raise ScarceError(f"tta must be 0 or a positive whole number, not {self.tta!r}.")

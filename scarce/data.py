@@ -133,8 +133,8 @@ def load_npz(path: str | os.PathLike, classes: list[str] | None = None,
         raise ScarceError(f"{path} is not a readable .npz file ({error}); download or write it again.") from None
     for name, arrays in raw.items():
         _check_npz_split(path, name, arrays["images"], arrays["labels"])
-    label_width = raw["train"]["labels"].reshape(len(raw["train"]["labels"]), -1).shape[1]
     widths = {name: arrays["labels"].reshape(len(arrays["labels"]), -1).shape[1] for name, arrays in raw.items()}
+    label_width = widths["train"]
     if len(set(widths.values())) > 1:
         raise ScarceError(f"{path}: the label arrays have different widths per split {widths}; every split "
                           f"needs the same label layout.")

@@ -304,10 +304,10 @@ def get_recipe(name: str, /, **overrides) -> Recipe:
             value = getattr(recipe, key)
             if not ((low <= value if low_in else low < value) and (value <= high if high_in else value < high)):
                 raise ScarceError(f"Recipe setting {key} must be {words}, not {value!r}.")
-    if not all(_is_number(beta) and 0 <= beta < 1 for beta in recipe.betas):
+    if not all(is_number(beta) and 0 <= beta < 1 for beta in recipe.betas):
         raise ScarceError(f"Recipe setting betas must be two numbers at least 0 and below 1, not {list(recipe.betas)}.")
     starts = [at for at in recipe.unfreeze_at if at is not None]
-    if not all(_is_number(at) and at >= 0 for at in starts) \
+    if not all(is_number(at) and at >= 0 for at in starts) \
             or 0 not in starts:
         raise ScarceError(f"Recipe setting unfreeze_at must be three fractions 0 or more (above 1 = never), at "
                           f"least one of them 0 so that a group trains from the start, not {list(recipe.unfreeze_at)}.")
@@ -328,7 +328,8 @@ def get_recipe(name: str, /, **overrides) -> Recipe:
     return recipe
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+    """A plain int or float (a bool is not a number here)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -337,8 +338,7 @@ def _check_type(key: str, value, default) -> None:
     if isinstance(default, bool):
         ok, kind = isinstance(value, bool), "true or false"
     elif isinstance(default, (int, float)):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok, kind = ok and (isinstance(value, int) or isinstance(default, float)), \
+        ok, kind = is_number(value) and (isinstance(value, int) or isinstance(default, float)), \
             "a number" if isinstance(default, float) else "a whole number"
     elif isinstance(default, str):
         ok, kind = isinstance(value, str), "text"

@@ -25,7 +25,7 @@ from .config import TrainConfig, check_fields, read_toml
 from .errors import CannotWrite, ScarceError
 from .models import check_backbone
 from .pretrain import absolute_source, check_source, source_identity
-from .recipes import get_recipe
+from .recipes import get_recipe, is_number
 
 DONE, PENDING, RUNNING, DIVERGED, FAILED = "done", "pending", "running", "diverged", "failed"
 FINISHED = (DONE, DIVERGED)  # cells never run again
@@ -153,9 +153,9 @@ def parse_spec(raw: dict, where: str = "the study spec") -> StudySpec:
             raise ScarceError(f"{where}: '{key}' must be a positive whole number, not {value!r}.")
     if spec.metric != "test_auc":
         raise ScarceError(f"{where}: metric '{spec.metric}' is not supported yet; studies compare test_auc.")
-    if spec.target_auc is not None and not (_is_number(spec.target_auc) and 0.5 < spec.target_auc < 1):
+    if spec.target_auc is not None and not (is_number(spec.target_auc) and 0.5 < spec.target_auc < 1):
         raise ScarceError(f"{where}: target_auc must lie between 0.5 and 1, not {spec.target_auc!r}.")
-    if spec.user_n is not None and not (_is_number(spec.user_n) and spec.user_n == int(spec.user_n) > 0):
+    if spec.user_n is not None and not (is_number(spec.user_n) and spec.user_n == int(spec.user_n) > 0):
         raise ScarceError(f"{where}: user_n must be a positive whole number (your training-set size), "
                           f"not {spec.user_n!r}.")
     # Every setting a cell gets is checked now, as `scarce train` checks it, not when the cell runs.
@@ -168,10 +168,6 @@ def parse_spec(raw: dict, where: str = "the study spec") -> StudySpec:
         raise ScarceError(f"{where}: {error}") from None
     spec.n, spec.seeds = sorted(spec.n), sorted(spec.seeds)
     return spec
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _first_repeat(values):
