@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scarce.analysis import paired_differences, summarize  # noqa: E402
-from scarce.recipes import DEFAULT_RECIPE  # noqa: E402
-from scarce.study import open_study, run_study, study_results  # noqa: E402
+from scarce.study.analysis import paired_differences, summarize
+from scarce.study.runner import open_study, run_study, study_results
+from scarce.training.recipes import DEFAULT_RECIPE
 
 PEERS = ["regular", "fastai-fine-tune"]
 

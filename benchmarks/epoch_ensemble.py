@@ -34,10 +34,11 @@ def epoch_probabilities(n: int, seed: int, data: str, recipe_name: str, tta: int
     ``tta`` augmented ones, as a trained model is evaluated. ``seed`` draws the training subset;
     ``train_seed`` (default: the same) the new head, the batches and the augmentation."""
     from scarce.config import make_config
-    from scarce.evaluate import predict
-    from scarce.recipes import get_recipe
-    from scarce.run import build_model, prepare_data
-    from scarce.train import fit, steps_per_epoch
+    from scarce.evaluation.inference import predict
+    from scarce.runs.common import prepare_data
+    from scarce.runs.run import build_model
+    from scarce.training.loop import fit, steps_per_epoch
+    from scarce.training.recipes import get_recipe
 
     train_seed = seed if train_seed is None else train_seed
     config = make_config(data=data, n=n, seed=seed, size=64, epochs=epochs, batch_size=16, threads=1,
@@ -63,7 +64,7 @@ def validation_labels(data: str, seeds: list[int]) -> np.ndarray:
     """The validation split's labels; exits if a seed is one of the accuracy benchmark's (0-4)."""
     if any(seed in range(5) for seed in seeds):
         sys.exit("Seeds 0-4 are the accuracy benchmark's; judge candidates on other seeds (e.g. 100-109).")
-    from scarce.run import load_resized
+    from scarce.data.cache import load_resized
 
     return np.asarray(load_resized(data, None, "{}", 64).splits["val"].labels).ravel()
 

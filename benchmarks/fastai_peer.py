@@ -37,13 +37,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scarce.analysis import summarize  # noqa: E402
-from scarce.augment import Augmentation, normalize, to_float  # noqa: E402
-from scarce.config import make_config  # noqa: E402
-from scarce.evaluate import predict  # noqa: E402
-from scarce.metrics import auc  # noqa: E402
-from scarce.models import create_model, layer_groups  # noqa: E402
-from scarce.run import prepare_data  # noqa: E402
+from scarce.config import make_config
+from scarce.data.augment import Augmentation, normalize, to_float
+from scarce.evaluation.inference import predict
+from scarce.evaluation.metrics import auc
+from scarce.models.backbones import create_model, layer_groups
+from scarce.runs.common import prepare_data
+from scarce.study.analysis import summarize
 
 VARIANTS = {"fastai": 100, "fastai-lr_mult1": 1}  # variant -> fine_tune's lr_mult
 
@@ -64,8 +64,8 @@ def loader(split, batch_size: int, train: bool, seed: int) -> torch.utils.data.D
 
 
 def run_cell(args, n: int, seed: int, variant: str) -> dict:
-    from fastai.callback.schedule import fine_tune  # noqa: F401  (patches Learner.fine_tune)
     from fastai.callback.core import Callback
+    from fastai.callback.schedule import fine_tune  # noqa: F401  (patches Learner.fine_tune)
     from fastai.callback.tracker import SaveModelCallback
     from fastai.data.core import DataLoaders
     from fastai.learner import Learner

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scarce.study import open_study, run_study  # noqa: E402
+from scarce.study.runner import open_study, run_study
 
 PHASES = ["data_and_model", "augment", "forward_backward", "validate", "save_and_test"]
 

@@ -30,11 +30,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scarce.data import Split, load_dataset, resize  # noqa: E402
-from scarce.evaluate import predict_logits  # noqa: E402
-from scarce.models import IMAGENET_MEAN, IMAGENET_STD, create_model  # noqa: E402
-from scarce.recipes import get_recipe  # noqa: E402
-from scarce.train import fit  # noqa: E402
+from scarce.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from scarce.data.dataset import load_dataset, resize
+from scarce.evaluation.inference import predict_logits
+from scarce.models.backbones import create_model
+from scarce.training.loop import fit
+from scarce.training.recipes import get_recipe
 
 
 def plain_train_epoch(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int,

@@ -22,6 +22,8 @@ PACKAGES = ("scarce", "torch", "torchvision", "timm", "numpy", "scikit-learn", "
 
 
 _UMASK = os.umask(0)
+
+
 os.umask(_UMASK)
 
 

@@ -154,8 +154,8 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def run_data(args: argparse.Namespace) -> int:
-    from .data import load_dataset
-    from .splits import check_leakage, describe
+    from .data.dataset import load_dataset
+    from .data.leakage import check_leakage, describe
 
     dataset = load_dataset(args.data, args.data_dir, **dict(args.data_options or []))
     print(describe(dataset, check_leakage(dataset)))
@@ -164,7 +164,7 @@ def run_data(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from .config import make_config
-    from .run import train
+    from .runs.run import train
 
     config = make_config(args.config, **_settings(args))
     result = train(config)
@@ -188,7 +188,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_lr_find(args: argparse.Namespace) -> int:
     from .config import make_config
-    from .run import find_lr
+    from .runs.run import find_lr
 
     settings = _settings(args)
     settings["out"] = settings.get("out") or "runs/lr-find"
@@ -200,7 +200,7 @@ def run_lr_find(args: argparse.Namespace) -> int:
 
 
 def run_study_command(args: argparse.Namespace) -> int:
-    from . import study
+    from .study import runner as study
 
     if args.study_command == "status":
         print(study.study_status(args.out))
@@ -231,7 +231,7 @@ def _use_settings(args: argparse.Namespace) -> dict:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .predict import predict_source
+    from .use.predict import predict_source
 
     result = predict_source(args.model, args.data, args.out, threshold=args.threshold, explain=args.explain,
                             **_use_settings(args))
@@ -242,7 +242,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .external import evaluate_model
+    from .use.external import evaluate_model
 
     result = evaluate_model(args.model, args.data, args.out, **_use_settings(args))
     ci = result["auc_ci"]
@@ -257,7 +257,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .export import export_model
+    from .use.export import export_model
 
     onnx_file, spec_file, spec = export_model(args.model, args.format, args.out)
     parity = spec["parity"]
@@ -268,14 +268,14 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_model_card(args: argparse.Namespace) -> int:
-    from .model_card import write_model_card
+    from .runs.model_card import write_model_card
 
     print(f"wrote {write_model_card(args.model)}")
     return 0
 
 
 def run_recipes(args: argparse.Namespace) -> int:
-    from .recipes import DEFAULT_RECIPE, RECIPES
+    from .training.recipes import DEFAULT_RECIPE, RECIPES
 
     for name, recipe in RECIPES.items():
         print(f"{name}{' (default)' if name == DEFAULT_RECIPE else ''}: {recipe.description}")
@@ -283,7 +283,7 @@ def run_recipes(args: argparse.Namespace) -> int:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from .pretrain import pretrain
+    from .runs.pretrain import pretrain
 
     settings = _settings(args)
     manifest = pretrain(exclude_labels=settings.pop("exclude_labels"), **settings)
@@ -318,7 +318,7 @@ def _one_line_warnings(default):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .train import TrainingDiverged
+    from .training.history import TrainingDiverged
 
     try:
         with warnings.catch_warnings():

@@ -9,9 +9,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import ScarceError
-from .recipes import DEFAULT_RECIPE, get_recipe
+from .training.recipes import DEFAULT_RECIPE, get_recipe
 
 MAX_SIZE = 1024  # images are resized once and held in memory: a larger side is almost surely a typo
+
+
 # What each annotation of TrainConfig accepts, and how to say it.
 _KINDS = {"str": ((str, os.PathLike), "text"), "str | None": ((str, os.PathLike, type(None)), "text"),
           "dict": ((dict,), "a table"),

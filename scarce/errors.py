@@ -1,5 +1,7 @@
 """The one exception type a user can cause, and how the command line reports it."""
 
+from __future__ import annotations
+
 
 class ScarceError(Exception):
     """A problem with the user's input or environment, told in one sentence.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from scarce.data import ImageDataset, Split
+from scarce.data.dataset import ImageDataset, Split
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,9 +12,20 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from scarce.analysis import (analyze, fit_learning_curve, n_for_auc, paired_differences, pooled_bootstrap,
-                             power_law, predict_curve, recommend, samples_needed, summarize, t_interval,
-                             task_auc)
+from scarce.study.analysis import (
+    analyze,
+    fit_learning_curve,
+    n_for_auc,
+    paired_differences,
+    pooled_bootstrap,
+    power_law,
+    predict_curve,
+    recommend,
+    samples_needed,
+    summarize,
+    t_interval,
+    task_auc,
+)
 
 T_975_DF2 = stats.t.ppf(0.975, 2)  # 4.3027: three seeds give two degrees of freedom
 
@@ -389,7 +400,7 @@ def test_the_per_run_and_the_pooled_interval_follow_one_rule_for_missing_classes
     them: on one seed, with the same draws, they give the same interval (before, the per-run one
     averaged whichever classes a resample held, and a class absent from the test set left the pooled
     one without any interval)."""
-    from scarce.metrics import multiclass_metrics
+    from scarce.evaluation.metrics import multiclass_metrics
     labels = np.repeat(np.arange(3), counts)
     probs = np.random.default_rng(0).dirichlet(np.ones(3), len(labels))
     per_run = multiclass_metrics(labels, probs, resamples=300, seed=0)

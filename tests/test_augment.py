@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from scarce.augment import Augmentation, augment, normalize, to_float
+from scarce.data.augment import Augmentation, augment, normalize, to_float
 
 
 def _batch(n=8, size=32):

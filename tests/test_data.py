@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from scarce.data import LOAD_OPTIONS, balanced_subset, count_duplicates, load_dataset, resize
+from scarce.data.dataset import LOAD_OPTIONS, load_dataset, resize
+from scarce.data.subsets import balanced_subset, count_duplicates
 from scarce.errors import ScarceError
 
 

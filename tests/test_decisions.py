@@ -6,10 +6,18 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_curve
 
-from scarce.decisions import (calibration, choose_thresholds, confusion, decide, multiclass_confusion, reliability,
-                              sensitivity_threshold, youden_threshold)
-from scarce.model_card import markdown_text
-from scarce.predict import heatmap_name
+from scarce.evaluation.decisions import (
+    calibration,
+    choose_thresholds,
+    confusion,
+    decide,
+    multiclass_confusion,
+    reliability,
+    sensitivity_threshold,
+    youden_threshold,
+)
+from scarce.runs.model_card import markdown_text
+from scarce.use.predict import heatmap_name
 
 
 def test_youden_threshold_of_a_worked_example():

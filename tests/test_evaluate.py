@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_split
 from sklearn.metrics import roc_auc_score
 
-from scarce.evaluate import predict, predict_logits
-from scarce.metrics import auc, binary_metrics, bootstrap_ci, multilabel_metrics
-from scarce.models import create_model
-
-from conftest import synthetic_split
+from scarce.evaluation.inference import predict, predict_logits
+from scarce.evaluation.metrics import auc, binary_metrics, bootstrap_ci, multilabel_metrics
+from scarce.models.backbones import create_model
 
 
 def test_accuracy_sensitivity_specificity_threshold_probabilities():
@@ -58,8 +57,8 @@ def test_tta_is_a_clean_pass_plus_distinct_augmented_passes_averaged_as_probabil
     images = synthetic_split(8).images
     clean = predict_logits(model, images).sigmoid()[:, 0]
     passes = []
-    from scarce.augment import Augmentation
-    from scarce.evaluate import probabilities
+    from scarce.data.augment import Augmentation
+    from scarce.evaluation.inference import probabilities
     for k in (1, 2, 3):
         logits = predict_logits(model, images, augmentation=Augmentation(),
                                 generator=torch.Generator().manual_seed(10 + k))

@@ -8,11 +8,11 @@ from PIL import Image
 
 import scarce
 from scarce.cli import main
-from scarce.evaluate import predict
-from scarce.augment import Augmentation
-from scarce.export import describe_views, onnx_outputs, probabilities_from_onnx
-from scarce.models import IMAGENET_MEAN, IMAGENET_STD, load_trained
-from scarce.run import load_resized
+from scarce.data.augment import IMAGENET_MEAN, IMAGENET_STD, Augmentation
+from scarce.data.cache import load_resized
+from scarce.evaluation.inference import predict
+from scarce.models.backbones import load_trained
+from scarce.use.export import describe_views, onnx_outputs, probabilities_from_onnx
 
 TOLERANCE = 1e-4
 

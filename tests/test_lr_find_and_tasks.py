@@ -5,15 +5,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_split, write_npz
 
 import scarce
+import scarce.training.recipes
 from scarce.cli import main
-from scarce.lr_find import lr_sweep, suggest_lr
-from scarce.models import create_model
-from scarce.recipes import get_recipe
-from scarce.run import find_lr
-
-from conftest import synthetic_split, write_npz
+from scarce.models.backbones import create_model
+from scarce.runs.run import find_lr
+from scarce.training.lr_find import lr_sweep, suggest_lr
+from scarce.training.recipes import get_recipe
 
 
 def test_suggestion_is_the_steepest_descent_before_the_minimum():
@@ -90,7 +90,7 @@ def test_lr_find_command_on_real_data(data_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", sorted(scarce.recipes.RECIPES))
+@pytest.mark.parametrize("recipe", sorted(scarce.training.recipes.RECIPES))
 def test_every_recipe_runs_from_the_command_line_on_real_data(data_dir, tmp_path, recipe):
     out = tmp_path / recipe
     assert main(["train", "--data", str(data_dir / "pneumonia_kaggle_64.npz"), "--n", "20", "--epochs", "2",

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_sample_image
 
+from scarce.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from scarce.errors import ScarceError
-from scarce.models import (IMAGENET_MEAN, IMAGENET_STD, create_model, efficientnet_lite0_imagenet_weights,
-                           layer_groups)
+from scarce.models.backbones import create_model, efficientnet_lite0_imagenet_weights, layer_groups
 
 CHURCH = 497  # ImageNet class "church, church building"
 
@@ -69,7 +69,7 @@ def test_unknown_backbone_is_one_sentence_with_suggestions():
 def test_missing_imagenet_weights_fail_with_a_clear_sentence(tmp_path):
     # A fresh process, since the Hugging Face hub reads HF_HUB_OFFLINE when it is imported.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "TORCH_HOME": str(tmp_path)}
-    code = "from scarce.models import create_model; create_model('resnet18', 'imagenet')"
+    code = "from scarce.models.backbones import create_model; create_model('resnet18', 'imagenet')"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode != 0
     assert "ImageNet weights for 'resnet18' are neither cached nor downloadable" in result.stderr

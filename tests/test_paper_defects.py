@@ -8,12 +8,13 @@ test_augment.py and test_evaluate.py.
 import numpy as np
 import pytest
 import torch
-
-from scarce.models import create_model, layer_groups, resample_weight_distribution
-from scarce.recipes import GROUP_NAMES, RECIPES, get_recipe, step_plan
-from scarce.train import fit, make_optimizer, mixup, steps_per_epoch
-
 from conftest import synthetic_split
+
+from scarce.models.backbones import GROUP_NAMES, create_model, layer_groups, resample_weight_distribution
+from scarce.training.loop import fit, make_optimizer, steps_per_epoch
+from scarce.training.losses import mixup
+from scarce.training.recipes import RECIPES, get_recipe
+from scarce.training.schedules import step_plan
 
 
 def test_2_weight_distribution_control_uses_the_real_standard_deviation():

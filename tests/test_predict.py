@@ -16,18 +16,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import knee_findings_table
 from PIL import Image
 
 import scarce
-from conftest import knee_findings_table
-from scarce.augment import normalize, to_float
 from scarce.cli import main
-from scarce.decisions import reliability, sensitivity_threshold, youden_threshold
-from scarce.evaluate import predict
-from scarce.explain import explained_classes, grad_cam, target_layer
-from scarce.models import load_trained
-from scarce.predict import load_images, load_model_folder, predict_images
-from scarce.run import load_resized
+from scarce.data.augment import normalize, to_float
+from scarce.data.cache import load_resized
+from scarce.evaluation.decisions import reliability, sensitivity_threshold, youden_threshold
+from scarce.evaluation.inference import predict
+from scarce.models.backbones import load_trained
+from scarce.use.explain import explained_classes, grad_cam, target_layer
+from scarce.use.predict import load_images, load_model_folder, predict_images
 
 pytestmark = pytest.mark.slow
 CLASSES = ["normal", "pneumonia"]

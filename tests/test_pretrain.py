@@ -9,19 +9,20 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import knee_findings_table, write_npz
 from safetensors.torch import load_file
 
-import scarce.run as run_module
 from scarce.artifacts import save_weights
+import scarce.runs.run as run_module
 from scarce.cli import main
-from scarce.data import load_dataset
+from scarce.data.dataset import load_dataset
 from scarce.errors import ScarceError
-from scarce.models import create_model, layer_groups
-from scarce.pretrain import BACKBONE_FILE, MANIFEST_FILE, pretrain, source_identity
-from scarce.recipes import get_recipe
-from scarce.study import config_hash, parse_spec, run_study
-
-from conftest import knee_findings_table, write_npz
+from scarce.models.backbones import create_model, layer_groups
+from scarce.models.upstream import BACKBONE_FILE, MANIFEST_FILE, source_identity
+from scarce.runs.pretrain import pretrain
+from scarce.study.runner import run_study
+from scarce.study.spec import config_hash, parse_spec
+from scarce.training.recipes import get_recipe
 
 
 def fake_upstream(folder, backbone="efficientnet_lite0", size=64, **info):

@@ -8,15 +8,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import write_npz
 from safetensors import safe_open
 
-import scarce.radiomics as radiomics
+import scarce.models.radiomics as radiomics
 from scarce.cli import main
-from scarce.radiomics import FEATURE_NAMES, decision, fit_logistic, image_features, model_tensors
-from scarce.evaluate import probabilities
-from scarce.study import run_study
-
-from conftest import write_npz
+from scarce.evaluation.inference import probabilities
+from scarce.models.radiomics import FEATURE_NAMES, decision, fit_logistic, image_features, model_tensors
+from scarce.study.runner import run_study
 
 HALVES = np.array([[0, 0, 255, 255]] * 4, dtype=np.uint8)  # left half black, right half white
 

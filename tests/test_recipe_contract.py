@@ -5,13 +5,13 @@ import hashlib
 
 import pytest
 import torch
+from conftest import synthetic_split, write_npz
 
 import scarce
-from scarce.models import GROUP_NAMES, create_model, layer_groups
-from scarce.recipes import RECIPES, get_recipe, step_plan, trainable_groups
-from scarce.train import fit, steps_per_epoch
-
-from conftest import synthetic_split, write_npz
+from scarce.models.backbones import GROUP_NAMES, create_model, layer_groups
+from scarce.training.loop import fit, steps_per_epoch
+from scarce.training.recipes import RECIPES, get_recipe
+from scarce.training.schedules import step_plan, trainable_groups
 
 
 def _expected_trainable(recipe, step, total, head_only_steps):

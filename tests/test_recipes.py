@@ -1,26 +1,28 @@
 """Recipes and the training loop: schedule values, learning-rate ratios, gradual unfreezing."""
 
 import copy
-from dataclasses import replace
 import math
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 import torch.nn.functional as F
-
-from scarce.augment import Augmentation, normalize, to_float
-from scarce.errors import ScarceError
-from scarce.artifacts import save_weights
-from scarce.models import EpochEnsemble, create_model, layer_groups, load_trained
-from scarce.recipes import get_recipe, one_cycle, plateau_step, recipe_tta_views, trainable_groups
-from scarce.train import (History, batch_strata, batches, fit, greedy_soup, linear_probe_head, make_optimizer,
-                          pairwise_ranking_loss, pull_to_start, sharpness_aware_gradients, smooth,
-                          step_loss, steps_per_epoch, training_loss, validation_score)
-
 from conftest import synthetic_split
+from torch import nn
+
+from scarce.artifacts import save_weights
+from scarce.data.augment import Augmentation, normalize, to_float
+from scarce.errors import ScarceError
+from scarce.models.backbones import EpochEnsemble, create_model, layer_groups, load_trained
+from scarce.training.history import History
+from scarce.training.loop import batch_strata, batches, fit, make_optimizer, steps_per_epoch
+from scarce.training.losses import pairwise_ranking_loss, smooth, step_loss, training_loss
+from scarce.training.recipes import get_recipe, recipe_tta_views
+from scarce.training.regularizers import linear_probe_head, pull_to_start, sharpness_aware_gradients
+from scarce.training.schedules import one_cycle, plateau_step, trainable_groups
+from scarce.training.selection import greedy_soup, validation_score
 
 PAPER = get_recipe("gradual-unfreezing")
 

@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from scarce.cli import main
-
 from conftest import write_npz
 from test_study import _results, tiny_spec
+
+from scarce.cli import main
 
 pytestmark = pytest.mark.slow
 

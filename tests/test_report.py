@@ -14,8 +14,8 @@ import pytest
 from matplotlib import image as mpimg
 from sklearn.metrics import roc_auc_score
 
-from scarce.analysis import analyze
-from scarce.report import learning_curve_png, write_report
+from scarce.study.analysis import analyze
+from scarce.study.report import learning_curve_png, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")

@@ -19,16 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_npz
 from safetensors.torch import load_file
+from test_study import _results, tiny_spec
 
 from scarce.artifacts import atomic_write, load_weights, save_weights
 from scarce.cli import main
 from scarce.errors import CannotWrite, ScarceError
-from scarce.models import create_model, load_trained
-from scarce.study import load_spec
-
-from conftest import write_npz
-from test_study import _results, tiny_spec
+from scarce.models.backbones import create_model, load_trained
+from scarce.study.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["--n", "8", "--size", "32", "--epochs", "1", "--tta", "0", "--pretrained", "scratch", "--no-progress"]
@@ -468,7 +467,7 @@ def _calls(tree: ast.AST):
 def test_the_package_never_evaluates_code_or_unpickles():
     """No eval/exec, no pickle.load(s), no torch.load without weights_only=True, no allow_pickle=True."""
     found, torch_loads = [], 0
-    for source in sorted((REPO / "scarce").glob("*.py")):
+    for source in sorted((REPO / "scarce").rglob("*.py")):
         for name, keywords, line in _calls(ast.parse(source.read_text(), str(source))):
             where = f"{source.name}:{line} {name}"
             if name in ("eval", "exec", "compile", "__import__", "pickle.load", "pickle.loads", "marshal.loads"):

@@ -10,9 +10,9 @@ import pydicom
 import pytest
 from PIL import Image
 
-from scarce.data import load_dataset
+from scarce.data.dataset import load_dataset
+from scarce.data.sources import check_md5, decode_files, read_dicom, read_image, to_uint8
 from scarce.errors import ScarceError
-from scarce.sources import check_md5, decode_files, read_dicom, read_image, to_uint8
 
 DICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # real files in pydicom's wheel
 MONOCHROME1 = DICOM_FILES / "dicomdirtests" / "77654033" / "CR1" / "6154"  # a real CR, no suffix

@@ -1,12 +1,10 @@
 """`scarce train` and `scarce data inspect` work unchanged on every kind of source, on real files."""
 
 import json
-import shutil
 
-import numpy as np
 import pytest
-
 from conftest import knee_findings_table
+
 from scarce.cli import main
 
 pytestmark = pytest.mark.slow

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from scarce.data import ImageDataset, Split, load_dataset
+from scarce.data.dataset import ImageDataset, Split, load_dataset
+from scarce.data.leakage import check_leakage, describe, ensure_no_leakage
+from scarce.data.splits import image_hashes, split_indices
 from scarce.errors import ScarceError
-from scarce.splits import check_leakage, describe, ensure_no_leakage, image_hashes, split_indices
 
 # What check_leakage finds on the shared real files (documented in docs/data.md):
 # (images shared by two splits per pair, identical images within each split)

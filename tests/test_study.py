@@ -13,14 +13,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import write_npz
 
 from scarce.cli import main
-from scarce.errors import ScarceError
 from scarce.config import TrainConfig
-from scarce.recipes import get_recipe
-from scarce.study import Store, StudyLock, config_hash, load_spec, parse_spec
-
-from conftest import write_npz
+from scarce.errors import ScarceError
+from scarce.study.runner import StudyLock
+from scarce.study.spec import config_hash, load_spec, parse_spec
+from scarce.study.store import Store
+from scarce.training.recipes import get_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -248,7 +249,7 @@ def test_ray_cluster_started_outside_is_used_with_address(tmp_path):
 
 def test_no_ray_cluster_at_auto_is_a_clear_error(tmp_path, monkeypatch):
     pytest.importorskip("ray")
-    from scarce.study import execute_ray
+    from scarce.study.executors import execute_ray
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(ScarceError, match="Cannot reach a Ray cluster at auto"):
@@ -256,7 +257,7 @@ def test_no_ray_cluster_at_auto_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_without_ray_the_error_says_how_to_install_it(monkeypatch):
-    from scarce.study import execute_ray
+    from scarce.study.executors import execute_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(ScarceError, match=r"pip install 'scarce\[ray\]'"):
@@ -264,7 +265,7 @@ def test_without_ray_the_error_says_how_to_install_it(monkeypatch):
 
 
 def test_progress_shows_done_total_current_cell_and_eta(tmp_path, capsys):
-    from scarce.study import Progress
+    from scarce.study.runner import Progress
 
     progress = Progress(total=4, done=1)
     progress.start(("plain", 8, 0))
@@ -280,7 +281,7 @@ def test_every_bundled_spec_parses_with_known_recipes_and_options(spec):
     import tomllib
 
     from scarce.config import make_config
-    from scarce.recipes import get_recipe
+    from scarce.training.recipes import get_recipe
 
     raw = tomllib.loads(spec.read_text())
     if "recipes" not in raw:  # a `scarce train --config` file, not a study
@@ -295,15 +296,15 @@ def test_every_bundled_spec_parses_with_known_recipes_and_options(spec):
 def test_an_unexpected_error_in_one_cell_fails_that_cell_and_the_study_goes_on(tmp_path, monkeypatch):
     """A defect inside a cell (not bad input: that is refused before any cell runs) is recorded on
     the cell, with its kind, and the other cells still run; nothing stays 'running'."""
-    import scarce.run
-    real_train = scarce.run.train
+    import scarce.runs.run
+    real_train = scarce.runs.run.train
 
     def train_or_break(config):
         if config.seed == 1:
             raise RuntimeError("simulated defect")
         return real_train(config)
 
-    monkeypatch.setattr(scarce.run, "train", train_or_break)
+    monkeypatch.setattr(scarce.runs.run, "train", train_or_break)
     spec = tiny_spec(tmp_path, n="[8]")
     assert main(["study", "run", str(spec), "--out", str(tmp_path / "s")]) == 1
     with sqlite3.connect(tmp_path / "s" / "study.db") as db:

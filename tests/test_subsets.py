@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from scarce.data import balanced_subset
+from scarce.data.subsets import balanced_subset
 from scarce.errors import ScarceError
 
 

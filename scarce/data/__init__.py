@@ -1,0 +1,1 @@
+"""Data in: sources, splits, leakage checks, training subsets, the decode cache, augmentation."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, decisions and thresholds, inference with test-time augmentation."""

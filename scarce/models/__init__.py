@@ -1,0 +1,1 @@
+"""Models: timm backbones and their layer groups, upstream models, radiomics features."""

@@ -1,0 +1,1 @@
+"""Runs: one training run end to end for each model family, upstream pretraining, the model card."""

@@ -1,0 +1,1 @@
+"""Studies: spec, store, executors, runner, analysis and report."""

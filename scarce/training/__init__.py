@@ -1,0 +1,1 @@
+"""Training: recipes, schedules, the loop, losses, regularisers, weight selection, lr-find."""

@@ -1,0 +1,1 @@
+"""Using a trained model: predict, external evaluation, export, explanations."""
