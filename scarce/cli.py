@@ -309,7 +309,7 @@ def _one_line_warnings(default):
     package = Path(__file__).resolve().parent
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if Path(filename).resolve().parent == package:
+        if package in Path(filename).resolve().parents:
             print(f"scarce: warning: {message}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)
