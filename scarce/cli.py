@@ -17,7 +17,10 @@ EXIT_DIVERGED = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="scarce", description="Train image classifiers from scarce labelled data.")
+    parser.add_argument("--version", action="version", version=f"scarce {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train and evaluate one model")
@@ -31,9 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sample the training subset with replacement when a class has too few images")
     train.add_argument("--out", help="output folder (default runs/train)")
     train.add_argument("--n", type=int, help="training images, class-balanced (default: all)")
-    train.add_argument("--seed", type=int)
+    train.add_argument("--seed", type=int, help="the run's random seed (default 0)")
     train.add_argument("--size", type=int, help="image side in pixels (default 64)")
-    train.add_argument("--epochs", type=int)
+    train.add_argument("--epochs", type=int, help="training epochs (default 10)")
     train.add_argument("--batch-size", dest="batch_size", type=int,
                        help="images per step for recipes without their own (default 16); the default recipe "
                             "small-data uses 8: change it with batch_size in [recipe_options]")
@@ -44,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tta", type=int, help="augmented test-time passes besides the clean one (default 4)")
     train.add_argument("--threads", type=int, help="CPU threads for torch")
     train.add_argument("--overwrite", action="store_true", default=None, help="replace a finished run in --out")
-    train.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    train.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                       help="no progress bar (default: shown)")
 
     data = commands.add_parser("data", help="look at a dataset before training on it")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -63,14 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     study_run = study_commands.add_parser("run", help="run or resume a study (the same command resumes)")
     study_run.add_argument("spec", help="study spec (TOML), see examples/")
     study_run.add_argument("--out", required=True, help="study folder (study.db, cells/, report.html)")
-    study_run.add_argument("--executor", default="local", choices=["local", "ray"])
-    study_run.add_argument("--workers", type=int, default=1, help="local executor: worker processes")
+    study_run.add_argument("--executor", default="local", choices=["local", "ray"],
+                           help="local worker processes or a ray cluster (default local)")
+    study_run.add_argument("--workers", type=int, default=1, help="local executor: worker processes (default 1)")
     study_run.add_argument("--address", help="ray executor: cluster address (e.g. auto); default a local cluster")
-    study_run.add_argument("--cpus-per-cell", dest="cpus_per_cell", type=float, default=1.0)
-    study_run.add_argument("--gpus-per-cell", dest="gpus_per_cell", type=float, default=0.0)
+    study_run.add_argument("--cpus-per-cell", dest="cpus_per_cell", type=float, default=1.0,
+                           help="ray executor: CPUs each cell asks for (default 1)")
+    study_run.add_argument("--gpus-per-cell", dest="gpus_per_cell", type=float, default=0.0,
+                           help="ray executor: GPUs each cell asks for (default 0)")
     study_run.add_argument("--redo-changed", dest="redo_changed", action="store_true",
                            help="run finished cells anew when the spec changed them (default: refuse)")
-    study_run.add_argument("--no-progress", dest="progress", action="store_false")
+    study_run.add_argument("--no-progress", dest="progress", action="store_false",
+                           help="no progress bar (default: shown)")
     for name, text in (("status", "cells done, pending, failed"), ("report", "rebuild report.html, results.csv, summary.md")):
         command = study_commands.add_parser(name, help=text)
         command.add_argument("out", help="study folder")

@@ -11,8 +11,12 @@ import difflib
 import math
 from dataclasses import asdict, dataclass, replace
 
-from ..data.augment import Augmentation
+from typing import TYPE_CHECKING
+
 from ..errors import ScarceError
+
+if TYPE_CHECKING:  # torch is imported only by the methods that build an augmentation
+    from ..data.augment import Augmentation
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,8 @@ class Recipe:
     def augmentation(self) -> Augmentation:
         """The training augmentation: the standard policy (with the recipe's rotation range, flip and
         shift) plus the recipe's zoom, brightness, contrast and random erasing."""
+        from ..data.augment import Augmentation
+
         return Augmentation(rotation=self.rotation, flip=self.flip, shift=self.shift, zoom=self.zoom,
                             brightness=self.brightness, contrast=self.contrast, erase=self.erase)
 
@@ -143,6 +149,8 @@ class Recipe:
 
 def recipe_tta_views(recipe: dict) -> Augmentation:
     """TTA views for a recipe as stored in run.json (fields it lacks take the standard policy's value)."""
+    from ..data.augment import Augmentation
+
     standard = Augmentation()
     return Augmentation(rotation=float(recipe.get("rotation", standard.rotation)),
                         flip=bool(recipe.get("flip", standard.flip)), shift=int(recipe.get("shift", standard.shift)))
