@@ -172,9 +172,10 @@ def run_data(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from .config import make_config
+
+    config = make_config(args.config, **_settings(args))  # bad settings fail before torch is imported
     from .runs.run import train
 
-    config = make_config(args.config, **_settings(args))
     result = train(config)
     m = result.metrics
     fitted = (f"best epoch {m['best_epoch']}/{m['epochs_run']}" if m["best_epoch"] is not None  # radiomics: no epochs
@@ -196,11 +197,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_lr_find(args: argparse.Namespace) -> int:
     from .config import make_config
-    from .runs.run import find_lr
 
     settings = _settings(args)
     settings["out"] = settings.get("out") or "runs/lr-find"
-    result = find_lr(make_config(args.config, **settings))
+    config = make_config(args.config, **settings)  # bad settings fail before torch is imported
+    from .runs.run import find_lr
+
+    result = find_lr(config)
     print(f"suggested learning rate {result['suggested_lr']:.3g} ({result['rule']}); "
           f"swept {len(result['lrs'])} steps from {result['lrs'][0]:.1e} to {result['lrs'][-1]:.1e}")
     print(f"wrote {settings['out']}/lr_find.png, lr_find.json; use it with [recipe_options] lr = ...")

@@ -34,6 +34,14 @@ def test_reading_a_spec_and_a_bad_config_value_import_neither_torch_nor_timm():
     assert _modules_after(code) == "[]"
 
 
+def test_a_bad_recipe_and_study_status_from_the_command_line_import_neither_torch_nor_timm(tmp_path):
+    code = ("from scarce.cli import main\n"
+            "assert main(['train', '--data', 'x.npz', '--recipe', 'regulr']) == 2\n"
+            "assert main(['train', '--data', 'x.npz', '--epochs', '-1']) == 2\n"
+            f"assert main(['study', 'status', {str(tmp_path)!r}]) == 2\n")
+    assert _modules_after(code) == "[]"
+
+
 def test_version_prints_the_package_version(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
