@@ -255,7 +255,9 @@ def get_recipe(name: str, /, **overrides) -> Recipe:
     fields = set(Recipe.__dataclass_fields__) - {"name", "description"}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise ScarceError(f"Unknown recipe setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}.")
+        close = difflib.get_close_matches(unknown[0], fields, n=1)
+        hint = (f"Did you mean '{close[0]}'?" if close else f"Known: {', '.join(sorted(fields))}.")
+        raise ScarceError(f"Unknown recipe setting(s) {', '.join(unknown)}. {hint}")
     for key, value in overrides.items():
         _check_type(key, value, Recipe.__dataclass_fields__[key].default)
     recipe = replace(RECIPES[name], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
