@@ -63,3 +63,22 @@ def test_every_flag_has_a_help_text():
     missing = [f"{p.prog} {a.option_strings}" for p in parsers(build_parser()) for a in p._actions
                if a.option_strings and not a.help]
     assert missing == []
+
+
+def test_run_flags_state_the_config_defaults_and_every_subcommand_is_described(capsys):
+    from scarce.config import TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    defaults = TrainConfig(data="x")
+    assert f"training epochs (default {defaults.epochs})" in text
+    assert f"the run's random seed (default {defaults.seed})" in text
+    assert f"image side in pixels (default {defaults.size})" in text
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    for command in ("train", "data", "lr-find", "study", "pretrain", "predict", "evaluate", "export", "model-card",
+                    "recipes"):
+        line = next(row for row in listed.splitlines() if row.strip().startswith(command + " "))
+        assert len(line.split()) > 1  # a description follows the name
