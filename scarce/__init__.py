@@ -7,10 +7,18 @@ the loop), ``evaluation`` (metrics, decisions, inference with test-time augmenta
 seeds), and at the top ``config``, ``cli``, ``errors`` and ``artifacts`` (files out).
 """
 
-from .config import TrainConfig
 from .errors import ScarceError
-from .runs.common import RunResult
-from .runs.run import train
 
 __all__ = ["TrainConfig", "ScarceError", "RunResult", "train"]
 __version__ = "0.1.0"
+
+# Imported on first use, so that `scarce --help` and other light commands never import torch.
+_LAZY = {"TrainConfig": ".config", "RunResult": ".runs.common", "train": ".runs.run"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'scarce' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name], __name__), name)

@@ -17,35 +17,14 @@ EXIT_DIVERGED = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="scarce", description="Train image classifiers from scarce labelled data.")
+    parser.add_argument("--version", action="version", version=f"scarce {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train and evaluate one model")
-    train.add_argument("--config", help="TOML file with any of the settings below")
-    train.add_argument("--data", help="a .npz file, MedMNIST name, folder per class or CSV/TSV table "
-                                      "(relative paths are also looked up in the data directory)")
-    _add_data_arguments(train)
-    train.add_argument("--allow-leakage", dest="allow_leakage", action="store_true", default=None,
-                       help="train even if a patient or an identical image is in two splits (recorded)")
-    train.add_argument("--replace", action="store_true", default=None,
-                       help="sample the training subset with replacement when a class has too few images")
-    train.add_argument("--out", help="output folder (default runs/train)")
-    train.add_argument("--n", type=int, help="training images, class-balanced (default: all)")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--size", type=int, help="image side in pixels (default 64)")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", dest="batch_size", type=int,
-                       help="images per step for recipes without their own (default 16); the default recipe "
-                            "small-data uses 8: change it with batch_size in [recipe_options]")
-    train.add_argument("--backbone", help="timm model name (default efficientnet_lite0)")
-    train.add_argument("--pretrained", help="imagenet (default), scratch, or an upstream model from "
-                                            "`scarce pretrain` (its folder or .safetensors file)")
-    train.add_argument("--recipe", help="training recipe (see `scarce recipes`)")
-    train.add_argument("--tta", type=int, help="augmented test-time passes besides the clean one (default 4)")
-    train.add_argument("--threads", type=int, help="CPU threads for torch")
-    train.add_argument("--overwrite", action="store_true", default=None, help="replace a finished run in --out")
-    train.add_argument("--no-progress", dest="progress", action="store_false", default=None)
-
+    _add_run_settings(train, RUN_FLAGS)
     data = commands.add_parser("data", help="look at a dataset before training on it")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     inspect = data_commands.add_parser("inspect", help="task, classes, counts per split, patients, leakage")
@@ -53,9 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arguments(inspect)
 
     lr_find = commands.add_parser("lr-find", help="sweep the learning rate, plot the loss, suggest a rate")
-    for action in train._actions:
-        if action.dest not in ("help", "tta", "epochs", "overwrite", "replace", "out"):
-            lr_find._add_action(action)
+    _add_run_settings(lr_find, [f for f in RUN_FLAGS if f not in ("--tta", "--epochs", "--overwrite", "--replace",
+                                                                    "--out")])
     lr_find.add_argument("--out", help="output folder (default runs/lr-find)")
 
     study = commands.add_parser("study", help="recipes × training-set sizes × seeds, resumable")
@@ -63,14 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     study_run = study_commands.add_parser("run", help="run or resume a study (the same command resumes)")
     study_run.add_argument("spec", help="study spec (TOML), see examples/")
     study_run.add_argument("--out", required=True, help="study folder (study.db, cells/, report.html)")
-    study_run.add_argument("--executor", default="local", choices=["local", "ray"])
-    study_run.add_argument("--workers", type=int, default=1, help="local executor: worker processes")
+    study_run.add_argument("--executor", default="local", choices=["local", "ray"],
+                           help="local worker processes or a ray cluster (default local)")
+    study_run.add_argument("--workers", type=int, default=1, help="local executor: worker processes (default 1)")
     study_run.add_argument("--address", help="ray executor: cluster address (e.g. auto); default a local cluster")
-    study_run.add_argument("--cpus-per-cell", dest="cpus_per_cell", type=float, default=1.0)
-    study_run.add_argument("--gpus-per-cell", dest="gpus_per_cell", type=float, default=0.0)
+    study_run.add_argument("--cpus-per-cell", dest="cpus_per_cell", type=float, default=1.0,
+                           help="ray executor: CPUs each cell asks for (default 1)")
+    study_run.add_argument("--gpus-per-cell", dest="gpus_per_cell", type=float, default=0.0,
+                           help="ray executor: GPUs each cell asks for (default 0)")
     study_run.add_argument("--redo-changed", dest="redo_changed", action="store_true",
                            help="run finished cells anew when the spec changed them (default: refuse)")
-    study_run.add_argument("--no-progress", dest="progress", action="store_false")
+    study_run.add_argument("--no-progress", dest="progress", action="store_false",
+                           help="no progress bar (default: shown)")
     for name, text in (("status", "cells done, pending, failed"), ("report", "rebuild report.html, results.csv, summary.md")):
         command = study_commands.add_parser(name, help=text)
         command.add_argument("out", help="study folder")
@@ -83,14 +65,51 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--out", required=True, help="folder for backbone.safetensors, manifest.json and the run's files")
     pretrain.add_argument("--exclude-label", dest="exclude_labels", action="append", default=[], metavar="NAME",
                           help="hold this label out of the upstream task (repeatable)")
-    for action in train._actions:
-        if action.dest in ("data_dir", "data_options", "allow_leakage", "n", "seed", "size", "epochs", "batch_size",
-                           "backbone", "pretrained", "recipe", "threads", "overwrite", "progress"):
-            pretrain._add_action(action)
+    _add_run_settings(pretrain, ["--data-dir", "--data-option", "--allow-leakage", "--n", "--seed", "--size", "--epochs",
+                                 "--batch-size", "--backbone", "--pretrained", "--recipe", "--threads", "--overwrite",
+                                 "--no-progress"])
 
     _add_use_commands(commands)
     commands.add_parser("recipes", help="list the training recipes")
     return parser
+
+
+# The flags of a run's settings, shared by train, lr-find and pretrain (each adds those it takes, in this order).
+_RUN_FLAGS = {
+    "--config": lambda p: p.add_argument("--config", help="TOML file with any of the settings below"),
+    "--data": lambda p: p.add_argument("--data", help="a .npz file, MedMNIST name, folder per class or CSV/TSV table "
+                 "(relative paths are also looked up in the data directory)"),
+    "--allow-leakage": lambda p: p.add_argument("--allow-leakage", dest="allow_leakage", action="store_true", default=None,
+                 help="train even if a patient or an identical image is in two splits (recorded)"),
+    "--replace": lambda p: p.add_argument("--replace", action="store_true", default=None,
+                 help="sample the training subset with replacement when a class has too few images"),
+    "--out": lambda p: p.add_argument("--out", help="output folder (default runs/train)"),
+    "--n": lambda p: p.add_argument("--n", type=int, help="training images, class-balanced (default: all)"),
+    "--seed": lambda p: p.add_argument("--seed", type=int, help="the run's random seed (default 0)"),
+    "--size": lambda p: p.add_argument("--size", type=int, help="image side in pixels (default 64)"),
+    "--epochs": lambda p: p.add_argument("--epochs", type=int, help="training epochs (default 10)"),
+    "--batch-size": lambda p: p.add_argument("--batch-size", dest="batch_size", type=int,
+                 help="images per step for recipes without their own (default 16); the default recipe "
+                 "small-data uses 8: change it with batch_size in [recipe_options]"),
+    "--backbone": lambda p: p.add_argument("--backbone", help="timm model name (default efficientnet_lite0)"),
+    "--pretrained": lambda p: p.add_argument("--pretrained", help="imagenet (default), scratch, or an upstream model from "
+                 "`scarce pretrain` (its folder or .safetensors file)"),
+    "--recipe": lambda p: p.add_argument("--recipe", help="training recipe (see `scarce recipes`)"),
+    "--tta": lambda p: p.add_argument("--tta", type=int, help="augmented test-time passes besides the clean one (default 4)"),
+    "--threads": lambda p: p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own)"),
+    "--overwrite": lambda p: p.add_argument("--overwrite", action="store_true", default=None, help="replace a finished run in --out"),
+    "--no-progress": lambda p: p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                 help="no progress bar (default: shown)"),
+}
+RUN_FLAGS = ["--config", "--data", "--data-dir", "--data-option"] + [f for f in _RUN_FLAGS if f not in ("--config", "--data")]
+
+
+def _add_run_settings(parser: argparse.ArgumentParser, flags: list[str]) -> None:
+    for flag in flags:
+        if flag == "--data-dir":
+            _add_data_arguments(parser)
+        elif flag != "--data-option":
+            _RUN_FLAGS[flag](parser)
 
 
 def _add_use_commands(commands) -> None:
@@ -106,7 +125,7 @@ def _add_use_commands(commands) -> None:
         command.add_argument("--split", help="train, val, test or all (default: test when the source has its "
                                              "own splits, else all)")
         command.add_argument("--tta", type=int, help="augmented test-time passes (default: the run's)")
-        command.add_argument("--threads", type=int, help="CPU threads for torch")
+        command.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own)")
     predict.add_argument("--out", default="predictions.csv", help="CSV file (default predictions.csv)")
     predict.add_argument("--threshold", help="youden (default), 0.5 or sensitivity90: stored with the model")
     predict.add_argument("--explain", action="store_true",
@@ -164,9 +183,10 @@ def run_data(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from .config import make_config
+
+    config = make_config(args.config, **_settings(args))  # bad settings fail before torch is imported
     from .runs.run import train
 
-    config = make_config(args.config, **_settings(args))
     result = train(config)
     m = result.metrics
     fitted = (f"best epoch {m['best_epoch']}/{m['epochs_run']}" if m["best_epoch"] is not None  # radiomics: no epochs
@@ -188,11 +208,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_lr_find(args: argparse.Namespace) -> int:
     from .config import make_config
-    from .runs.run import find_lr
 
     settings = _settings(args)
     settings["out"] = settings.get("out") or "runs/lr-find"
-    result = find_lr(make_config(args.config, **settings))
+    config = make_config(args.config, **settings)  # bad settings fail before torch is imported
+    from .runs.run import find_lr
+
+    result = find_lr(config)
     print(f"suggested learning rate {result['suggested_lr']:.3g} ({result['rule']}); "
           f"swept {len(result['lrs'])} steps from {result['lrs'][0]:.1e} to {result['lrs'][-1]:.1e}")
     print(f"wrote {settings['out']}/lr_find.png, lr_find.json; use it with [recipe_options] lr = ...")

@@ -58,7 +58,7 @@ def test_knee_folder_loads_as_five_grades_with_a_seeded_stratified_split(knee):
     assert dataset.extra["split"]["origin"] == "assigned"
     again = load_dataset(knee)
     assert again.fingerprint == dataset.fingerprint
-    assert load_dataset(knee, seed=1).fingerprint != dataset.fingerprint
+    assert load_dataset(knee, split_seed=1).fingerprint != dataset.fingerprint
 
 
 def test_folder_with_split_subfolders_keeps_them(knee, tmp_path):

@@ -10,6 +10,7 @@ leakage checks in :mod:`scarce.splits`; see docs/data.md.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import zipfile
@@ -213,7 +214,7 @@ def known_classes(stem: str) -> list[str] | None:
 _COMMON_OPTIONS = {"task", "classes", "exclude_labels"}
 
 
-_IMAGE_OPTIONS = {"size", "cache", "seed", "fractions"}
+_IMAGE_OPTIONS = {"size", "cache", "split_seed", "fractions"}
 
 
 _SOURCE_OPTIONS = {
@@ -229,7 +230,7 @@ LOAD_OPTIONS = sorted(set().union(*_SOURCE_OPTIONS.values()))
 
 
 # The kind of value each option takes (every other option: text).
-_OPTION_KINDS = {"download": "flag", "cache": "flag", "size": "positive", "seed": "seed", "fractions": "fractions",
+_OPTION_KINDS = {"download": "flag", "cache": "flag", "size": "positive", "split_seed": "seed", "fractions": "fractions",
                  "classes": "names", "label_columns": "names", "exclude_labels": "name or names"}
 
 
@@ -258,15 +259,20 @@ def load_dataset(path: str | os.PathLike, directory: str | os.PathLike | None = 
 
     ``path`` is a ``.npz`` file, a bare MedMNIST name (``pneumoniamnist``), a folder per class or a
     ``.csv``/``.tsv`` table. Options (see ``LOAD_OPTIONS`` and docs/data.md): ``task``, ``classes``;
-    for folders and tables ``size`` (224), ``cache`` (True), ``seed`` (0), ``fractions``
+    for folders and tables ``size`` (224), ``cache`` (True), ``split_seed`` (0: the seed of the val/test split), ``fractions``
     ((0.7, 0.15, 0.15)); for folders ``patient_regex``; for tables ``root``, ``path_column``,
     ``label_column``, ``label_columns``, ``label_separator``, ``no_finding``, ``patient_column``,
     ``split_column``, ``delimiter``; for MedMNIST names ``download`` (True); for every source
     ``exclude_labels`` (a list of label names to hold out, see :func:`exclude_labels`).
     """
+    if "seed" in options:
+        raise ScarceError("Data option seed is now called split_seed (it chooses the val/test split, "
+                          "not the run's seed).")
     unknown = sorted(set(options) - set(LOAD_OPTIONS))
     if unknown:
-        raise ScarceError(f"Unknown data option {unknown[0]!r}; the options are {', '.join(LOAD_OPTIONS)}.")
+        close = difflib.get_close_matches(unknown[0], LOAD_OPTIONS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ScarceError(f"Unknown data option {unknown[0]!r}; the options are {', '.join(LOAD_OPTIONS)}.{hint}")
     for key, value in options.items():
         _check_option(key, value)
     resolved = _locate(path, directory, options.get("download", True))
@@ -284,6 +290,8 @@ def load_dataset(path: str | os.PathLike, directory: str | os.PathLike | None = 
         dataset = load_npz(resolved, classes=options.get("classes"), task=options.get("task"))
     else:
         image_options = {k: options.pop(k) for k in _IMAGE_OPTIONS if k in options}
+        if "split_seed" in image_options:
+            image_options["seed"] = image_options.pop("split_seed")
         if kind == "folder":
             records = sources.read_folder(resolved, **options)
         else:

@@ -18,9 +18,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..artifacts import remove_stale_temporaries, write_npy
 from ..errors import CannotWrite, ScarceError
-from ..models.upstream import check_source
 from ..training.recipes import get_recipe
 from .executors import execute_local, execute_ray
 from .spec import StudySpec, config_hash, load_spec, parse_spec
@@ -31,6 +29,8 @@ def run_study(spec_path: str | Path, out: str | Path, executor: str = "local", w
               address: str | None = None, cpus_per_cell: float = 1.0, gpus_per_cell: float = 0.0,
               redo_changed: bool = False, progress: bool = True) -> dict:
     """Run (or resume) a study; write its report at the end. Returns the status counts."""
+    from ..artifacts import remove_stale_temporaries, write_npy  # torch: only when a study runs
+
     if executor not in ("local", "ray"):
         raise ScarceError(f"Unknown executor '{executor}'; use local or ray.")
     spec = load_spec(spec_path)
@@ -85,7 +85,15 @@ def _status(store: Store, key) -> str:
 
 
 def _check_sources(spec: StudySpec, where: str) -> None:
-    """Every arm's upstream model exists and fits the spec's backbone and size (before any cell runs)."""
+    """The backbone is one timm knows, and every arm's upstream model exists and fits the spec's
+    backbone and size (before any cell runs; here, not in parse_spec, so `study status` needs no timm)."""
+    from ..models.backbones import check_backbone
+    from ..models.upstream import check_source
+
+    try:
+        check_backbone(spec.backbone)
+    except ScarceError as error:
+        raise ScarceError(f"{where}: {error}") from None
     for arm in spec.arms:
         try:
             source = get_recipe(arm.recipe, **arm.options).pretrained or arm.pretrained or spec.pretrained

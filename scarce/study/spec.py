@@ -9,8 +9,6 @@ from pathlib import Path
 
 from ..config import TrainConfig, check_fields, read_toml
 from ..errors import ScarceError
-from ..models.backbones import check_backbone
-from ..models.upstream import absolute_source, source_identity
 from ..training.recipes import get_recipe, is_number
 
 
@@ -108,7 +106,7 @@ def parse_spec(raw: dict, where: str = "the study spec") -> StudySpec:
                               f"not {pretrained!r}.")
         # An upstream model's relative path means the folder `scarce study run` is started from.
         arms.append(Arm(entry.get("name", recipe), recipe, dict(entry.get("options", {})),
-                        absolute_source(pretrained)))
+                        _absolute_source(pretrained)))
     names = [arm.name for arm in arms]
     if len(set(names)) != len(names):
         raise ScarceError(f"{where}: two recipes are both named '{_first_repeat(names)}'; give each a distinct name.")
@@ -121,7 +119,7 @@ def parse_spec(raw: dict, where: str = "the study spec") -> StudySpec:
                           f"not {spec.data_options!r}.")
     if not isinstance(spec.pretrained, str):
         raise ScarceError(f"{where}: 'pretrained' must be imagenet, scratch or a path, not {spec.pretrained!r}.")
-    spec.pretrained = absolute_source(spec.pretrained)
+    spec.pretrained = _absolute_source(spec.pretrained)
     for key in ("n", "seeds"):
         values = getattr(spec, key)
         if not isinstance(values, list) or not values or not all(isinstance(v, int) for v in values):
@@ -146,11 +144,20 @@ def parse_spec(raw: dict, where: str = "the study spec") -> StudySpec:
         for arm in spec.arms:
             for seed in spec.seeds:
                 spec.cell_config(arm.name, spec.n[0], seed, Path(".")).validate()
-        check_backbone(spec.backbone)
     except ScarceError as error:
         raise ScarceError(f"{where}: {error}") from None
     spec.n, spec.seeds = sorted(spec.n), sorted(spec.seeds)
     return spec
+
+
+def _absolute_source(pretrained):
+    """``absolute_source``, importing torch only for an upstream model's path: reading a spec with
+    the keywords imagenet or scratch (``study status``) stays light."""
+    if pretrained is None or pretrained in ("imagenet", "scratch"):
+        return pretrained
+    from ..models.upstream import absolute_source
+
+    return absolute_source(pretrained)
 
 
 def _first_repeat(values):
@@ -172,6 +179,8 @@ def config_hash(config: TrainConfig) -> str:
     recipe), so a later scarce that adds an option, at a default that changes nothing, still
     recognises the finished cells; a recipe's description is text and is left out too.
     """
+    from ..models.upstream import source_identity
+
     settings = {k: v for k, v in _changed_fields(config).items()
                 if k not in ("out", "overwrite", "progress", "recipe_options")}  # options: in the recipe below
     recipe = get_recipe(config.recipe, **config.recipe_options)

@@ -11,8 +11,12 @@ import difflib
 import math
 from dataclasses import asdict, dataclass, replace
 
-from ..data.augment import Augmentation
+from typing import TYPE_CHECKING
+
 from ..errors import ScarceError
+
+if TYPE_CHECKING:  # torch is imported only by the methods that build an augmentation
+    from ..data.augment import Augmentation
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,8 @@ class Recipe:
     def augmentation(self) -> Augmentation:
         """The training augmentation: the standard policy (with the recipe's rotation range, flip and
         shift) plus the recipe's zoom, brightness, contrast and random erasing."""
+        from ..data.augment import Augmentation
+
         return Augmentation(rotation=self.rotation, flip=self.flip, shift=self.shift, zoom=self.zoom,
                             brightness=self.brightness, contrast=self.contrast, erase=self.erase)
 
@@ -143,6 +149,8 @@ class Recipe:
 
 def recipe_tta_views(recipe: dict) -> Augmentation:
     """TTA views for a recipe as stored in run.json (fields it lacks take the standard policy's value)."""
+    from ..data.augment import Augmentation
+
     standard = Augmentation()
     return Augmentation(rotation=float(recipe.get("rotation", standard.rotation)),
                         flip=bool(recipe.get("flip", standard.flip)), shift=int(recipe.get("shift", standard.shift)))
@@ -247,7 +255,9 @@ def get_recipe(name: str, /, **overrides) -> Recipe:
     fields = set(Recipe.__dataclass_fields__) - {"name", "description"}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise ScarceError(f"Unknown recipe setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}.")
+        close = difflib.get_close_matches(unknown[0], fields, n=1)
+        hint = (f"Did you mean '{close[0]}'?" if close else f"Known: {', '.join(sorted(fields))}.")
+        raise ScarceError(f"Unknown recipe setting(s) {', '.join(unknown)}. {hint}")
     for key, value in overrides.items():
         _check_type(key, value, Recipe.__dataclass_fields__[key].default)
     recipe = replace(RECIPES[name], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
