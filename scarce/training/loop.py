@@ -24,7 +24,7 @@ from .history import History, TrainingDiverged
 from .losses import mixup, smooth, step_loss, targets_for
 from .recipes import SELECT_BY, Recipe
 from .regularizers import linear_probe_head, pull_to_start, recompute_batchnorm, sharpness_aware_gradients
-from .schedules import plateau_step, step_plan, trainable_groups
+from .schedules import make_schedule
 from .selection import _snapshot, epoch_ensemble, greedy_soup, validation_score
 
 
@@ -150,7 +150,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     optimizer = make_optimizer(model, recipe)[0]
     freezer = GroupFreezer(model, recipe)
     per_epoch = steps_per_epoch(len(train), batch_size, recipe.near_equal_batches)
-    total, head_only_steps = epochs * per_epoch, min(epochs, recipe.head_only_epochs) * per_epoch
+    total, schedule = epochs * per_epoch, make_schedule(recipe, per_epoch, epochs)
     labels = torch.as_tensor(train.labels)
     strata = batch_strata(task, labels) if recipe.stratified_batches else None
     num_outputs = _num_outputs(model)
@@ -163,17 +163,12 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
                 for p in g["params"]} if recipe.l2_sp > 0 else {}
     history, best_score, best_state, candidates = History(), (-math.inf, -math.inf), None, []
     keep = max(recipe.soup, recipe.ensemble_epochs)  # best epochs' weights kept for a soup or an ensemble
-    started, step, lr_scale, previous_val = time.perf_counter(), 0, 1.0, None
+    started, step = time.perf_counter(), 0
     bar = tqdm(total=total, desc="training", unit="step", disable=not progress, leave=False)
     for epoch in range(epochs):
         running, seen = 0.0, 0
         for index in batches(len(train), batch_size, generator, recipe.near_equal_batches, strata):
-            if recipe.schedule == "one-cycle":
-                trainable, rates, beta1 = step_plan(step, total, head_only_steps, recipe)
-            else:
-                trainable = trainable_groups(step, total, recipe)
-                rates = {g: lr * lr_scale for g, lr in recipe.group_learning_rates().items()}
-                beta1 = recipe.betas[0]
+            trainable, rates, beta1 = schedule.step_update(step)
             if trainable != freezer.state:
                 freezer.apply(trainable)
             freezer.set_train_mode()
@@ -227,11 +222,9 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
             best_score, history.best_epoch, best_state = score, epoch + 1, snapshot
             history.kept_epochs, history.kept_val = [epoch + 1], {"val_loss": val_loss, "val_auc": val_auc}
         _lap(history.timings, "validate", clock)
-        if recipe.schedule == "plateau":
-            lr_scale = plateau_step(lr_scale * recipe.lr, previous_val, val_loss, recipe) / recipe.lr
-            previous_val = val_loss
-            if lr_scale * recipe.lr < recipe.plateau_min_lr:
-                break
+        schedule.step(epoch, val_loss)
+        if schedule.stop:
+            break
     bar.close()
     if best_state is None:  # every validation loss was NaN
         raise TrainingDiverged("validation loss was never finite")

@@ -60,3 +60,78 @@ def plateau_step(lr: float, previous_loss: float | None, loss: float, recipe: Re
     if previous_loss is not None and loss > previous_loss + recipe.plateau_threshold:
         return lr * recipe.plateau_factor
     return lr
+
+
+# Schedule objects, in the shape of timm's schedulers: ``step_update(num_updates)`` before every
+# optimizer step gives the plan for that step; ``step(epoch, val_loss)`` after every validation
+# lets a per-epoch policy react. They are pure: no optimizer, no torch.
+
+Plan = tuple[dict[str, bool], dict[str, float], float]  # trainable groups, lr per group, β1
+
+
+class OneCycle:
+    """The recipe's one-cycle over ``total`` steps, with discriminative rates and unfreezing."""
+
+    def __init__(self, recipe: Recipe, total: int):
+        self.recipe, self.total = recipe, total
+
+    def step_update(self, num_updates: int) -> Plan:
+        return step_plan(num_updates, self.total, 0, self.recipe)
+
+    def step(self, epoch: int, val_loss: float) -> None:
+        """One-cycle does not react to validation."""
+
+    stop = False
+
+
+class HeadOnlyPhase:
+    """fastai's fine_tune: a head-only one-cycle over ``head_steps``, then ``main`` after it."""
+
+    def __init__(self, recipe: Recipe, head_steps: int, total: int, main):
+        self.recipe, self.head_steps, self.total, self.main = recipe, head_steps, total, main
+
+    def step_update(self, num_updates: int) -> Plan:
+        if num_updates < self.head_steps:
+            return step_plan(num_updates, self.total, self.head_steps, self.recipe)
+        return self.main.step_update(num_updates - self.head_steps)
+
+    def step(self, epoch: int, val_loss: float) -> None:
+        self.main.step(epoch, val_loss)
+
+    @property
+    def stop(self) -> bool:
+        return self.main.stop
+
+
+class Plateau:
+    """The 'regular' policy: constant lr per group, ÷ plateau_factor when the val loss rose."""
+
+    def __init__(self, recipe: Recipe, total: int):
+        self.recipe, self.total = recipe, total
+        self.scale, self.previous_loss = 1.0, None
+        self.base = recipe.group_learning_rates()
+
+    def step_update(self, num_updates: int) -> Plan:
+        rates = {group: lr * self.scale for group, lr in self.base.items()}
+        return trainable_groups(num_updates, self.total, self.recipe), rates, self.recipe.betas[0]
+
+    def step(self, epoch: int, val_loss: float) -> None:
+        lr = self.recipe.lr
+        self.scale = plateau_step(self.scale * lr, self.previous_loss, val_loss, self.recipe) / lr
+        self.previous_loss = val_loss
+
+    @property
+    def stop(self) -> bool:
+        """True once the learning rate fell under ``plateau_min_lr``: training should end."""
+        return self.scale * self.recipe.lr < self.recipe.plateau_min_lr
+
+
+def make_schedule(recipe: Recipe, steps_per_epoch: int, epochs: int):
+    """The schedule object for ``recipe`` over ``epochs`` of ``steps_per_epoch`` steps."""
+    total = epochs * steps_per_epoch
+    if recipe.schedule == "plateau":
+        return Plateau(recipe, total)
+    head_steps = min(epochs, recipe.head_only_epochs) * steps_per_epoch
+    if head_steps == 0:
+        return OneCycle(recipe, total)
+    return HeadOnlyPhase(recipe, head_steps, total, OneCycle(recipe, total - head_steps))
