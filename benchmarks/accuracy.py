@@ -32,7 +32,7 @@ PEERS = ["regular", "fastai-fine-tune"]
 
 
 def write_spec(path: Path, args, arms: list[str]) -> None:
-    lines = [f'name = "small-data accuracy benchmark"', f'data = "{args.data}"', "size = 64",
+    lines = ['name = "small-data accuracy benchmark"', f'data = "{args.data}"', "size = 64",
              'backbone = "efficientnet_lite0"', 'pretrained = "imagenet"', f"n = {args.n}",
              f"seeds = {args.seeds}", f"epochs = {args.epochs}", "batch_size = 16", f"tta = {args.tta}"]
     for arm in arms:

@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 from scarce.evaluation.inference import predict, predict_logits
 from scarce.evaluation.metrics import auc, binary_metrics, bootstrap_ci, multilabel_metrics
 from scarce.models.backbones import create_model
+from scarce.randomness import torch_generator
 
 
 def test_accuracy_sensitivity_specificity_threshold_probabilities():
@@ -61,7 +62,7 @@ def test_tta_is_a_clean_pass_plus_distinct_augmented_passes_averaged_as_probabil
     from scarce.evaluation.inference import probabilities
     for k in (1, 2, 3):
         logits = predict_logits(model, images, augmentation=Augmentation(),
-                                generator=torch.Generator().manual_seed(10 + k))
+                                generator=torch_generator(10, "tta", k))
         passes.append(probabilities("binary", logits))
     assert not torch.allclose(passes[0], passes[1]) and not torch.allclose(passes[1], passes[2])
     assert not torch.allclose(passes[0], clean)

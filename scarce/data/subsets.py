@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ScarceError
+from ..randomness import numpy_generator
 from .dataset import ImageDataset
 
 
@@ -21,7 +22,7 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int, classes: list[str] | 
     labels = np.asarray(labels)
     if n <= 0:
         raise ScarceError(f"n must be a positive number of training images, not {n}.")
-    rng = np.random.default_rng(seed)
+    rng = numpy_generator(seed, "subset")
     if labels.ndim > 1:
         if n > len(labels) and not replace:
             raise ScarceError(f"n={n} asks for more training images than the {len(labels)} available; "
@@ -53,7 +54,7 @@ def _take(members: np.ndarray, count: int, seed: int, stream: int) -> np.ndarray
     """
     if count <= len(members):
         return members[:count]
-    extra = np.random.default_rng([seed, stream]).integers(0, len(members), size=count - len(members))
+    extra = numpy_generator(seed, "subset", 1, stream).integers(0, len(members), size=count - len(members))
     return np.concatenate([members, members[extra]])
 
 

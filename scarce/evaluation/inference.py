@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.augment import Augmentation, normalize, to_float
+from ..randomness import torch_generator
 from .decisions import choose_thresholds
 
 
@@ -45,12 +46,13 @@ def predict(model: nn.Module, images: torch.Tensor, task: str, tta: int = 0, see
             augmentation: Augmentation = Augmentation(), batch_size: int = 256) -> np.ndarray:
     """Probabilities, averaged over one clean pass and ``tta`` augmented passes.
 
-    Each augmented pass draws its own random views (pass k uses seed ``seed + k``), so passes
-    differ from each other and from the clean one; averaging is over probabilities, not logits.
+    Each augmented pass k draws its own views from sub-stream k of the "tta" random stream, so
+    passes differ from each other, from the clean one and from every other seed's passes;
+    averaging is over probabilities, not logits.
     """
     views = [probabilities(task, predict_logits(model, images, batch_size))]
     for k in range(1, tta + 1):
-        generator = torch.Generator().manual_seed(seed + k)
+        generator = torch_generator(seed, "tta", k)
         views.append(probabilities(task, predict_logits(model, images, batch_size, augmentation, generator)))
     return torch.stack(views).mean(dim=0).numpy()
 

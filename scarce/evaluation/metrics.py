@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+from ..randomness import numpy_generator
+
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """ROC AUC, or None when only one class is present (undefined, not an error).
@@ -25,21 +27,29 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float((ranks[positive].sum() - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative))
 
 
-def bootstrap_ci(labels: np.ndarray, scores: np.ndarray, metric=auc, resamples: int = 2000,
-                 level: float = 0.95, seed: int = 0) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of ``metric`` over images (resampled with replacement)."""
-    labels, scores = np.asarray(labels), np.asarray(scores)
-    rng = np.random.default_rng(seed)
+def percentile_bootstrap(count: int, statistic, resamples: int = 2000, level: float = 0.95,
+                         seed: int = 0) -> tuple[float, float] | None:
+    """The one bootstrap of scarce: a percentile interval of ``statistic(pick)`` over ``resamples``
+    draws of ``count`` items with replacement (``pick`` is an index array), from the run's
+    "bootstrap" random stream. Draws where the statistic is None (e.g. a resample with one class)
+    are skipped; None when no draw is usable."""
+    rng = numpy_generator(seed, "bootstrap")
     values = []
     for _ in range(resamples):
-        pick = rng.integers(0, len(labels), len(labels))
-        value = metric(labels[pick], scores[pick])
+        value = statistic(rng.integers(0, count, count))
         if value is not None:
             values.append(value)
     if not values:
         return None
     tail = (1 - level) / 2 * 100
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def bootstrap_ci(labels: np.ndarray, scores: np.ndarray, metric=auc, resamples: int = 2000,
+                 level: float = 0.95, seed: int = 0) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``metric`` over images (resampled with replacement)."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    return percentile_bootstrap(len(labels), lambda pick: metric(labels[pick], scores[pick]), resamples, level, seed)
 
 
 def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5,

@@ -29,6 +29,7 @@ from .. import artifacts
 from ..data.dataset import ImageDataset
 from ..data.sources import cache_dir
 from ..errors import ScarceError
+from ..randomness import integer_seed
 
 GLCM_DISTANCES = (1, 2, 4, 6)
 
@@ -132,7 +133,7 @@ def fit_logistic(x: np.ndarray, labels: np.ndarray, task: str, seed: int = 0):
     from sklearn.preprocessing import StandardScaler
 
     folds = cross_validation_folds(labels, task)
-    options = {"Cs": C_GRID, "cv": StratifiedKFold(folds, shuffle=True, random_state=seed),
+    options = {"Cs": C_GRID, "cv": StratifiedKFold(folds, shuffle=True, random_state=integer_seed(seed, "cv") % 2**32),
                "scoring": "neg_log_loss", "max_iter": 5000}
     if "use_legacy_attributes" in LogisticRegressionCV().get_params():  # scikit-learn >= 1.8
         options.update(l1_ratios=(0.0,), use_legacy_attributes=False)  # l1_ratio 0 = pure L2

@@ -16,6 +16,7 @@ from ..evaluation.inference import predict, validation_thresholds
 from ..evaluation.metrics import task_metrics
 from ..models.backbones import create_model, first_network, layer_groups, load_trained, resample_weight_distribution
 from ..models.upstream import is_source_path, load_backbone, source_record
+from ..randomness import integer_seed, torch_generator
 from ..training.history import History
 from ..training.loop import fit
 from ..training.lr_find import lr_sweep, plot_sweep, suggest_lr
@@ -132,14 +133,14 @@ def build_model(backbone: str, pretrained: str, num_outputs: int, recipe: Recipe
     ``pretrained`` is imagenet, scratch, or an upstream model from ``scarce pretrain`` (a folder
     or its .safetensors file), whose image size must equal ``size``.
     """
-    torch.manual_seed(seed)
+    torch.manual_seed(integer_seed(seed, "init"))
     if is_source_path(pretrained):
         model = load_backbone(create_model(backbone, "scratch", num_outputs, recipe.head_dropout, recipe.drop_path),
                               pretrained, backbone, size)
     else:
         model = create_model(backbone, pretrained, num_outputs, recipe.head_dropout, recipe.drop_path)
     if recipe.initialization == "weight-distribution":
-        resample_weight_distribution(model, torch.Generator().manual_seed(seed))
+        resample_weight_distribution(model, torch_generator(seed, "init", 1))
     elif recipe.initialization != "pretrained":
         raise ScarceError(f"Unknown initialization '{recipe.initialization}'; use pretrained or weight-distribution.")
     return model

@@ -21,7 +21,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy import optimize, stats
 
-from ..evaluation.metrics import auc, macro_auc, scored_outputs
+from ..evaluation.metrics import auc, macro_auc, percentile_bootstrap, scored_outputs
+from ..randomness import numpy_generator
 
 LEVEL = 0.95
 
@@ -113,17 +114,12 @@ def pooled_bootstrap(labels: np.ndarray, probs_list: Sequence[np.ndarray], resam
     outputs = None
     if probs_list[0].ndim == 2:
         outputs = scored_outputs("multilabel" if labels.ndim == 2 else "multiclass", labels, probs_list[0].shape[1])
-    rng = np.random.default_rng(seed)
-    means = []
-    for _ in range(resamples):
-        pick = rng.integers(0, len(labels), len(labels))
+
+    def mean_auc(pick):
         aucs = [task_auc(labels[pick], probs[pick], outputs) for probs in probs_list]
-        if all(a is not None for a in aucs):
-            means.append(float(np.mean(aucs)))
-    if not means:
-        return None, None
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+        return float(np.mean(aucs)) if all(a is not None for a in aucs) else None
+
+    return percentile_bootstrap(len(labels), mean_auc, resamples, level, seed) or (None, None)
 
 
 def paired_differences(results: list[dict], level: float = LEVEL) -> list[dict]:
@@ -306,7 +302,7 @@ def samples_needed(results_for_recipe: list[dict], target: float, resamples: int
 def _bootstrap_n_needed(ns: np.ndarray, aucs: np.ndarray, fit: dict, target: float,
                         resamples: int, seed: int) -> list[float]:
     """N needed on each refit to seeds resampled within each N; inf where unreachable, skipped where the fit fails."""
-    rng = np.random.default_rng(seed)
+    rng = numpy_generator(seed, "bootstrap", 1)  # seeds resampled within each N
     groups = [np.flatnonzero(ns == n) for n in np.unique(ns)]
     start = (fit["a"], fit["b"], fit["c"])
     draws = []

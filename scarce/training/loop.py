@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 from ..data.augment import normalize, to_float
 from ..data.dataset import Split
 from ..models.backbones import GROUP_NAMES, group_modules, layer_groups
+from ..randomness import integer_seed, numpy_generator, torch_generator
 from .history import History, TrainingDiverged
 from .losses import mixup, smooth, step_loss, targets_for
 from .recipes import SELECT_BY, Recipe
@@ -145,8 +145,10 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     model.to(memory_format=torch.channels_last)
     if recipe.head_init == "linear-probe":
         linear_probe_head(model, train, task)
-    generator, augmentation = torch.Generator().manual_seed(seed), recipe.augmentation()
-    mixup_rng = np.random.default_rng(seed)
+    # Each random draw comes from its own stream (scarce.randomness), so turning on an option
+    # that draws (augmentation, MixUp) never changes the batch order or another option's draws.
+    order, augmentation = torch_generator(seed, "batches"), recipe.augmentation()
+    torch.manual_seed(integer_seed(seed, "dropout"))  # dropout and stochastic depth
     optimizer = make_optimizer(model, recipe)[0]
     freezer = GroupFreezer(model, recipe)
     per_epoch = steps_per_epoch(len(train), batch_size, recipe.near_equal_batches)
@@ -167,7 +169,7 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
     bar = tqdm(total=total, desc="training", unit="step", disable=not progress, leave=False)
     for epoch in range(epochs):
         running, seen = 0.0, 0
-        for index in batches(len(train), batch_size, generator, recipe.near_equal_batches, strata):
+        for index in batches(len(train), batch_size, order, recipe.near_equal_batches, strata):
             trainable, rates, beta1 = schedule.step_update(step)
             if trainable != freezer.state:
                 freezer.apply(trainable)
@@ -177,12 +179,13 @@ def fit(model: nn.Module, train: Split, val: Split, task: str, recipe: Recipe, e
             set_momentum(optimizer, beta1)
             clock = time.perf_counter()
             images = to_float(train.images[index])
-            images = augmentation(images, generator)
+            images = augmentation(images, torch_generator(seed, "augment", step))
             targets = targets_for(task, labels[index], num_outputs)
             if recipe.label_smoothing > 0:
                 targets = smooth(task, targets, recipe.label_smoothing)
             if recipe.mixup_alpha > 0:
-                images, targets = mixup(images, targets, recipe.mixup_alpha, mixup_rng, generator)
+                images, targets = mixup(images, targets, recipe.mixup_alpha, numpy_generator(seed, "mixup", step, 0),
+                                        torch_generator(seed, "mixup", step, 1))
             clock = _lap(history.timings, "augment", clock)
             loss = step_loss(model, normalize(images), targets, task, recipe)
             if not torch.isfinite(loss):

@@ -18,6 +18,7 @@ from ..artifacts import atomic_write
 from ..data.augment import normalize, to_float
 from ..data.dataset import Split
 from ..models.backbones import GROUP_NAMES
+from ..randomness import integer_seed, torch_generator
 from .loop import GroupFreezer, batch_strata, batches, make_optimizer
 from .losses import targets_for, training_loss
 
@@ -27,9 +28,9 @@ def lr_sweep(model: nn.Module, train: Split, task: str, recipe, start: float = 1
              diverge: float = 4.0) -> dict:
     """Learning rates tried, raw and smoothed losses; runs on a deep copy with its own RNG."""
     with torch.random.fork_rng():
-        torch.manual_seed(seed)
+        torch.manual_seed(integer_seed(seed, "lr_find", 0))
         model = copy.deepcopy(model)
-        generator = torch.Generator().manual_seed(seed)
+        order, augment = torch_generator(seed, "lr_find", 1), torch_generator(seed, "lr_find", 2)
         optimizer = make_optimizer(model, recipe)[0]
         freezer = GroupFreezer(model, recipe)
         freezer.apply(dict.fromkeys(GROUP_NAMES, True))
@@ -41,12 +42,12 @@ def lr_sweep(model: nn.Module, train: Split, task: str, recipe, start: float = 1
         lrs, raw, smooth, average, best = [], [], [], 0.0, np.inf
         augmentation = recipe.augmentation()
         while len(lrs) < steps:
-            for index in batches(len(train), batch_size, generator, recipe.near_equal_batches, strata):
+            for index in batches(len(train), batch_size, order, recipe.near_equal_batches, strata):
                 lr = start * factor ** len(lrs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * ratios[group["name"]]
                 freezer.set_train_mode()
-                images = augmentation(to_float(train.images[index]), generator)
+                images = augmentation(to_float(train.images[index]), augment)
                 loss = training_loss(task, model(normalize(images)), targets_for(task, labels[index], num_outputs),
                                      recipe.pairwise)
                 optimizer.zero_grad(set_to_none=True)
