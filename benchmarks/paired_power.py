@@ -6,9 +6,9 @@ their mean and standard deviation, the share of all k-seed subsets of those seed
 t-interval lies above 0 (the protocol's test with k = 5), the same for normal draws with the
 measured mean and SD, and the mean difference that k seeds would detect 80 % of the time.
 
-    python benchmarks/paired_power.py docs/examples/bench-accuracy-full.json \
-        docs/examples/bench-accuracy-n50-seeds5-14.json --n 50 --arm small-data --peer regular \
-        --json docs/examples/paired-power-n50.json
+    python benchmarks/paired_power.py benchmarks/results/bench-accuracy-full.json \
+        benchmarks/results/bench-accuracy-n50-seeds5-14.json --n 50 --arm small-data --peer regular \
+        --json benchmarks/results/paired-power-n50.json
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 epoch (free of the optimism of picking a maximum) and test AUC (for information)
 per candidate, mean over seeds, with the paired difference of each candidate against `regular`.
 
-    scarce study run benchmarks/recipe_search.toml --out runs/recipe-search --workers 2
+    scarce study run benchmarks/recipe_search/round_01.toml --out runs/recipe-search --workers 2
     python benchmarks/recipe_search.py runs/recipe-search [more study folders] [--json FILE]
 """
 

@@ -9,7 +9,7 @@ epochs are ranked on one half and the mean probability is scored on the other, b
 The test split is never read.
 
     python benchmarks/seed_ensemble.py --n 50 --seeds 100 101 102 103 104 105 106 107 108 109 \
-        --workers 2 --json docs/examples/seed-ensemble-n50.json
+        --workers 2 --json benchmarks/results/seed-ensemble-n50.json
 """
 
 from __future__ import annotations

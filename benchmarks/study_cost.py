@@ -7,7 +7,7 @@ TTA. Whatever else a cell's wall time holds (writing run.json, starting the proc
 own bookkeeping) is shown as "other". Prints a table and writes JSON.
 
     python benchmarks/study_cost.py examples/e4-quick.toml --out runs/cost-e4-quick --workers 2 \
-        --json docs/examples/study-cost-e4-quick.json
+        --json benchmarks/results/study-cost-e4-quick.json
 
 A resumed study only times the cells it ran now; the wall time is of this invocation.
 """

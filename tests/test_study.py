@@ -312,3 +312,14 @@ def test_an_unexpected_error_in_one_cell_fails_that_cell_and_the_study_goes_on(t
     assert [(seed, status) for seed, status, _ in rows] == [(0, "done"), (1, "failed")] * 2
     assert all(error == "unexpected RuntimeError: simulated defect" for seed, _, error in rows if seed == 1)
     assert (tmp_path / "s" / "report.html").exists()
+
+
+def test_every_recipe_search_round_is_still_a_valid_study_spec():
+    """The rounds in benchmarks/recipe_search/ are how docs/benchmarks.md's verdicts were measured: they must still run."""
+    from scarce.study.spec import load_spec
+
+    rounds = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "recipe_search").glob("round_*.toml"))
+    assert len(rounds) == 17
+    for path in rounds:
+        spec = load_spec(path)
+        assert spec.arms, path.name
